@@ -1,0 +1,498 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Buffer kernels: copy, convert, normalise and quantise straight into tensor memory.
+
+Everything here works on the buffer protocol and raw addresses, never on numpy's
+C API, so one build serves numpy 1.x and 2.x.  The Python-level functions at
+the bottom expose the same kernels the runtime uses, for tests and for callers
+that manage their own buffers.
+"""
+
+from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int8_t, uint8_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from tflite_hotswap.errors import InputError
+
+# Copies at least this big release the GIL; smaller ones would pay more for the
+# hand-over (and risk waiting a switch interval to get it back) than they save.
+cdef Py_ssize_t NOGIL_BYTES = 64 * 1024
+
+cdef tuple DTYPE_NAMES = ("unknown", "bool", "uint8", "int8", "uint16", "int16", "uint32",
+                          "int32", "uint64", "int64", "float16", "float32", "float64")
+cdef dict CODES_BY_NAME = {name: code for code, name in enumerate(DTYPE_NAMES)}
+
+cdef int _ONE = 1
+cdef bint LITTLE_ENDIAN = (<const char*>&_ONE)[0] == 1
+
+
+cdef int dtype_code(const char* fmt, Py_ssize_t itemsize) noexcept:
+    """Map a buffer-protocol format string to a DType (DT_UNKNOWN if unsupported)."""
+    if fmt == NULL:
+        return DT_U8
+    if fmt[0] == b'@' or fmt[0] == b'=' or (fmt[0] == b'<' and LITTLE_ENDIAN) \
+            or (fmt[0] == b'>' and not LITTLE_ENDIAN):
+        fmt += 1
+    if fmt[0] == 0 or fmt[1] != 0:
+        return DT_UNKNOWN
+    c = fmt[0]
+    if c == b'?' and itemsize == 1:
+        return DT_BOOL
+    if c == b'B' and itemsize == 1:
+        return DT_U8
+    if c == b'b' and itemsize == 1:
+        return DT_I8
+    if c == b'e' and itemsize == 2:
+        return DT_F16
+    if c == b'f' and itemsize == 4:
+        return DT_F32
+    if c == b'd' and itemsize == 8:
+        return DT_F64
+    if c == b'h' or c == b'i' or c == b'l' or c == b'q':
+        return DT_I16 if itemsize == 2 else DT_I32 if itemsize == 4 else DT_I64 if itemsize == 8 else DT_UNKNOWN
+    if c == b'H' or c == b'I' or c == b'L' or c == b'Q':
+        return DT_U16 if itemsize == 2 else DT_U32 if itemsize == 4 else DT_U64 if itemsize == 8 else DT_UNKNOWN
+    return DT_UNKNOWN
+
+
+cdef Py_ssize_t itemsize_of(int code) noexcept nogil:
+    if code == DT_BOOL or code == DT_U8 or code == DT_I8:
+        return 1
+    if code == DT_U16 or code == DT_I16 or code == DT_F16:
+        return 2
+    if code == DT_U32 or code == DT_I32 or code == DT_F32:
+        return 4
+    if code == DT_U64 or code == DT_I64 or code == DT_F64:
+        return 8
+    return 0
+
+
+def dtype_code_of(name: str) -> int:
+    """The kernel's code for a numpy dtype name (0 when unsupported)."""
+    return CODES_BY_NAME.get(name, DT_UNKNOWN)
+
+
+def dtype_name_of(int code) -> str:
+    """The numpy dtype name for a kernel dtype code."""
+    return DTYPE_NAMES[code] if 0 <= code < len(DTYPE_NAMES) else "unknown"
+
+
+cdef bint is_contiguous(const Py_buffer* view) noexcept nogil:
+    """C-contiguous and aligned for its item type (so typed loads are safe)."""
+    cdef Py_ssize_t expected = view.itemsize
+    cdef int d
+    if (<size_t>view.buf) % <size_t>view.itemsize:
+        return False
+    if view.strides == NULL:
+        return True
+    for d in range(view.ndim - 1, -1, -1):
+        if view.shape[d] != 1 and view.strides[d] != expected:
+            return False
+        expected *= view.shape[d]
+    return True
+
+
+cdef bint accepts(const Kernel* k, int src) noexcept:
+    if not k.affine:
+        return src == k.dst
+    return src == DT_U8 or src == DT_I8 or src == DT_F32 or src == DT_F64
+
+
+# ---------------------------------------------------------------- typed loops
+
+ctypedef fused src_t:
+    uint8_t
+    int8_t
+    float
+    double
+
+ctypedef fused dst_t:
+    float
+    int8_t
+    uint8_t
+
+
+cdef inline float _quantize(float v, const Kernel* k) noexcept nogil:
+    if v != v:
+        return k.nan_value
+    if v < k.lo:
+        v = k.lo
+    elif v > k.hi:
+        v = k.hi
+    # Round half away from zero (as TFLite's own quantize does).  v is a float32,
+    # so v +/- 0.5 is exact in double and truncation then rounds correctly.
+    return <float>(<int>(<double>v + (0.5 if v >= 0 else -0.5)))
+
+
+cdef void _affine_contig(const src_t* src, Py_ssize_t n, dst_t* dst, const Kernel* k,
+                         Py_ssize_t j) noexcept nogil:
+    cdef Py_ssize_t i = 0, jj, L = k.period
+    cdef const float* a = k.a
+    cdef const float* b = k.b
+    cdef float v
+    # Head: run up to the start of a coefficient cycle.
+    while i < n and j != 0:
+        v = <float>src[i] * a[j] + b[j]
+        if dst_t is float:
+            dst[i] = v
+        else:
+            dst[i] = <dst_t>_quantize(v, k)
+        i += 1
+        j += 1
+        if j == L:
+            j = 0
+    # Body: whole cycles; the fixed inner trip count lets the compiler vectorise.
+    while i + L <= n:
+        for jj in range(L):
+            v = <float>src[i + jj] * a[jj] + b[jj]
+            if dst_t is float:
+                dst[i + jj] = v
+            else:
+                dst[i + jj] = <dst_t>_quantize(v, k)
+        i += L
+    jj = 0
+    while i < n:
+        v = <float>src[i] * a[jj] + b[jj]
+        if dst_t is float:
+            dst[i] = v
+        else:
+            dst[i] = <dst_t>_quantize(v, k)
+        i += 1
+        jj += 1
+
+
+cdef void _affine_from(const src_t* src, Py_ssize_t n, char* dst, const Kernel* k,
+                       Py_ssize_t j0) noexcept nogil:
+    if k.dst == DT_F32:
+        _affine_contig(src, n, <float*>dst, k, j0)
+    elif k.dst == DT_I8:
+        _affine_contig(src, n, <int8_t*>dst, k, j0)
+    elif k.dst == DT_U8:
+        _affine_contig(src, n, <uint8_t*>dst, k, j0)
+
+
+cdef void write_contiguous(const Kernel* k, const char* src, int src_code, Py_ssize_t n,
+                           char* dst, Py_ssize_t j0) noexcept nogil:
+    """Write n contiguous, aligned source elements; j0 is the first coefficient index."""
+    if not k.affine:
+        memcpy(dst, src, n * itemsize_of(src_code))
+    elif src_code == DT_U8:
+        _affine_from(<const uint8_t*>src, n, dst, k, j0)
+    elif src_code == DT_I8:
+        _affine_from(<const int8_t*>src, n, dst, k, j0)
+    elif src_code == DT_F32:
+        _affine_from(<const float*>src, n, dst, k, j0)
+    elif src_code == DT_F64:
+        _affine_from(<const double*>src, n, dst, k, j0)
+
+
+cdef inline float _load(const char* p, int code) noexcept nogil:
+    # memcpy, not a cast: strided or unaligned sources must not fault (armv7l).
+    cdef uint8_t u8
+    cdef int8_t i8
+    cdef float f32
+    cdef double f64
+    if code == DT_U8:
+        memcpy(&u8, p, 1)
+        return <float>u8
+    if code == DT_I8:
+        memcpy(&i8, p, 1)
+        return <float>i8
+    if code == DT_F32:
+        memcpy(&f32, p, 4)
+        return f32
+    memcpy(&f64, p, 8)
+    return <float>f64
+
+
+cdef void _write_row(const Kernel* k, const char* src, int src_code, Py_ssize_t stride,
+                     Py_ssize_t n, char* dst, Py_ssize_t j) noexcept nogil:
+    """One row of a strided source, element by element."""
+    cdef Py_ssize_t i, isz = itemsize_of(src_code)
+    cdef float v
+    if not k.affine:
+        for i in range(n):
+            memcpy(dst + i * isz, src + i * stride, isz)
+        return
+    for i in range(n):
+        v = _load(src + i * stride, src_code) * k.a[j] + k.b[j]
+        if k.dst == DT_F32:
+            (<float*>dst)[i] = v
+        elif k.dst == DT_I8:
+            (<int8_t*>dst)[i] = <int8_t>_quantize(v, k)
+        else:
+            (<uint8_t*>dst)[i] = <uint8_t>_quantize(v, k)
+        j += 1
+        if j == k.period:
+            j = 0
+
+
+cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
+                Py_ssize_t j0) noexcept nogil:
+    """Write a whole source buffer, in C order, to dst (contiguous, k.dst typed)."""
+    cdef Py_ssize_t n = 1, rows, inner, r, offset, period = k.period if k.affine else 1
+    cdef Py_ssize_t idx[MAX_DIMS]
+    cdef Py_ssize_t dst_step = itemsize_of(k.dst)
+    cdef int d, ndim = src.ndim
+    for d in range(ndim):
+        n *= src.shape[d]
+    if n == 0:
+        return
+    if ndim == 0 or is_contiguous(src):
+        write_contiguous(k, <const char*>src.buf, src_code, n, dst, j0)
+        return
+    inner = src.shape[ndim - 1]
+    rows = n // inner
+    for d in range(ndim):
+        idx[d] = 0
+    offset = 0
+    for r in range(rows):
+        _write_row(k, <const char*>src.buf + offset, src_code, src.strides[ndim - 1], inner,
+                   dst + r * inner * dst_step, (j0 + r * inner) % period)
+        # Odometer over the outer dimensions, keeping the byte offset current.
+        d = ndim - 2
+        while d >= 0:
+            idx[d] += 1
+            offset += src.strides[d]
+            if idx[d] < src.shape[d]:
+                break
+            offset -= idx[d] * src.strides[d]
+            idx[d] = 0
+            d -= 1
+
+
+# ------------------------------------------------------- checked entry points
+
+cdef str _shape_str(const Py_ssize_t* shape, int ndim):
+    return "(" + ", ".join([str(shape[d]) for d in range(ndim)]) + ("," if ndim == 1 else "") + ")"
+
+
+cdef str _expected_str(const Kernel* k):
+    if k.affine:
+        return "uint8, int8, float32 or float64 (preprocessed to %s)" % DTYPE_NAMES[k.dst]
+    return DTYPE_NAMES[k.dst]
+
+
+cdef int acquire(object obj, Py_buffer* view, object name) except -1:
+    """Get a strided, formatted buffer view of obj, or raise InputError."""
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO)
+    except (TypeError, BufferError, ValueError) as e:
+        raise InputError(f"input {name!r}: expected an array (any object with the buffer "
+                         f"protocol), got {type(obj).__name__}") from e
+    if view.ndim > MAX_DIMS:
+        PyBuffer_Release(view)
+        raise InputError(f"input {name!r}: expected at most {MAX_DIMS} dimensions, got {view.ndim}")
+    return 0
+
+
+cdef int check_dtype(const Kernel* k, const Py_buffer* view, object name) except -1:
+    cdef int code = dtype_code(view.format, view.itemsize)
+    if not accepts(k, code):
+        found = DTYPE_NAMES[code] if code else "unsupported format %r" % (
+            (<bytes>view.format).decode() if view.format != NULL else "B")
+        raise InputError(f"input {name!r}: expected dtype {_expected_str(k)}, got {found}")
+    return code
+
+
+cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) noexcept:
+    cdef int d
+    if view.ndim != ndim:
+        return False
+    for d in range(ndim):
+        if view.shape[d] != shape[d]:
+            return False
+    return True
+
+
+cdef str shape_of(const Py_buffer* view):
+    return _shape_str(view.shape, view.ndim)
+
+
+cdef str shape_text(const Py_ssize_t* shape, int ndim):
+    return _shape_str(shape, ndim)
+
+
+cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,
+                     object name, object found_shape) except -1:
+    """Check src against (dtype, shape) and write it into dst.
+
+    Returns 0 when written, 1 (writing nothing) when only the shape differs, so
+    the caller can pick an allocation for that shape; found_shape, a list, then
+    receives the source shape.  Raises InputError for anything else.
+    """
+    cdef Py_buffer view
+    cdef int code
+    cdef Py_ssize_t nbytes
+    acquire(src, &view, name)
+    try:
+        code = check_dtype(k, &view, name)
+        if not same_shape(&view, shape, ndim):
+            found_shape.extend([view.shape[d] for d in range(view.ndim)])
+            return 1
+        nbytes = view.len
+        if nbytes >= NOGIL_BYTES:
+            with nogil:
+                write(k, &view, code, dst, 0)
+        else:
+            write(k, &view, code, dst, 0)
+        return 0
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef int gather_input(const Kernel* k, object samples, const Py_ssize_t* sample_shape, int ndim,
+                      char* dst, object name) except -1:
+    """Write each sample of a sequence into consecutive slices of dst (no np.stack)."""
+    cdef Py_ssize_t n = len(samples), i, got = 0, elems = 1
+    cdef Py_ssize_t dst_step
+    cdef int d
+    cdef Py_buffer* views = <Py_buffer*>malloc(max(n, 1) * sizeof(Py_buffer))
+    cdef int* codes = <int*>malloc(max(n, 1) * sizeof(int))
+    if views == NULL or codes == NULL:
+        free(views)
+        free(codes)
+        raise MemoryError()
+    for d in range(ndim):
+        elems *= sample_shape[d]
+    dst_step = elems * itemsize_of(k.dst)
+    try:
+        for i in range(n):
+            acquire(samples[i], &views[i], f"{name}[{i}]")
+            got += 1
+            codes[i] = check_dtype(k, &views[i], f"{name}[{i}]")
+            if not same_shape(&views[i], sample_shape, ndim):
+                raise InputError(f"input {name!r}, sample {i}: expected shape "
+                                 f"{_shape_str(sample_shape, ndim)}, got {shape_of(&views[i])}")
+        with nogil:
+            for i in range(n):
+                write(k, &views[i], codes[i], dst + i * dst_step,
+                      (i * elems) % k.period if k.affine else 0)
+        return 0
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+        free(views)
+        free(codes)
+
+
+cdef int read_output(const Py_buffer* src, object out, object name) except -1:
+    """Copy a tensor's bytes into the caller's array ``out`` (same dtype and shape)."""
+    cdef Py_buffer view
+    cdef Kernel k
+    try:
+        PyObject_GetBuffer(out, &view, PyBUF_RECORDS_RO | PyBUF_WRITABLE)
+    except (TypeError, BufferError, ValueError) as e:
+        raise InputError(f"out[{name!r}]: expected a writable array, got {type(out).__name__}") from e
+    try:
+        src_code = dtype_code(src.format, src.itemsize)
+        code = dtype_code(view.format, view.itemsize)
+        if code != src_code or not same_shape(&view, src.shape, src.ndim) or not is_contiguous(&view):
+            raise InputError(
+                f"out[{name!r}]: expected a writable C-contiguous {DTYPE_NAMES[src_code]} array of "
+                f"shape {shape_of(src)}, got {DTYPE_NAMES[code]} of shape {shape_of(&view)}"
+                + ("" if is_contiguous(&view) else " (not contiguous)"))
+        k.affine = False
+        k.dst = src_code
+        with nogil:
+            write(&k, src, src_code, <char*>view.buf, 0)
+        return 0
+    finally:
+        PyBuffer_Release(&view)
+
+
+# ------------------------------------------------------ Python-level kernels
+
+cdef class _Coefficients:
+    """Holds a Kernel and the float32 coefficient arrays it points into."""
+    cdef Kernel k
+    cdef object a_bytes, b_bytes
+
+    def __init__(self, int dst, a=None, b=None, float zero_point=0.0):
+        cdef const float[::1] av
+        cdef const float[::1] bv
+        self.k.dst = dst
+        self.k.affine = a is not None
+        if not self.k.affine:
+            return
+        import array
+        self.a_bytes = array.array("f", a)
+        self.b_bytes = array.array("f", b)
+        if len(self.a_bytes) != len(self.b_bytes) or len(self.a_bytes) == 0:
+            raise InputError(f"coefficients: expected a and b of one equal, non-zero length, "
+                             f"got {len(self.a_bytes)} and {len(self.b_bytes)}")
+        if dst not in (DT_F32, DT_I8, DT_U8):
+            raise InputError(f"affine destination: expected float32, int8 or uint8, got {DTYPE_NAMES[dst]}")
+        av = self.a_bytes
+        bv = self.b_bytes
+        self.k.a = &av[0]
+        self.k.b = &bv[0]
+        self.k.period = len(self.a_bytes)
+        self.k.lo, self.k.hi = (-128.0, 127.0) if dst == DT_I8 else (0.0, 255.0)
+        self.k.nan_value = zero_point
+
+
+cdef int _writable(object dst, Py_buffer* view) except -1:
+    try:
+        PyObject_GetBuffer(dst, view, PyBUF_RECORDS_RO | PyBUF_WRITABLE)
+    except (TypeError, BufferError, ValueError) as e:
+        raise InputError(f"dst: expected a writable array, got {type(dst).__name__}") from e
+    if not is_contiguous(view):
+        PyBuffer_Release(view)
+        raise InputError("dst: expected a C-contiguous, aligned array")
+    return 0
+
+
+def affine_into(src, dst, a=None, b=None, zero_point=0.0) -> None:
+    """Write ``src`` into ``dst`` through the runtime's fused kernel.
+
+    Without coefficients this is a plain copy (dtypes must match).  With them,
+    element i becomes ``float32(x) * a[i % P] + b[i % P]`` (P = len(a)), stored
+    as float32, or for int8/uint8 ``dst`` rounded half away from zero and
+    saturated, NaN becoming ``zero_point``.
+
+    Raises:
+        InputError: if a buffer is missing, of the wrong dtype, not writable,
+            not contiguous (dst), or the element counts differ.
+    """
+    cdef Py_buffer sv, dv
+    cdef int dst_code, code
+    cdef Py_ssize_t d, n = 1
+    _writable(dst, &dv)
+    try:
+        dst_code = dtype_code(dv.format, dv.itemsize)
+        c = _Coefficients(dst_code, a, b, zero_point)
+        acquire(src, &sv, "src")
+        try:
+            code = check_dtype(&(<_Coefficients>c).k, &sv, "src")
+            for d in range(sv.ndim):
+                n *= sv.shape[d]
+            if n * itemsize_of(dst_code) != dv.len:
+                raise InputError(f"dst: expected {n} elements, got {dv.len // dv.itemsize}")
+            with nogil:
+                write(&(<_Coefficients>c).k, &sv, code, <char*>dv.buf, 0)
+        finally:
+            PyBuffer_Release(&sv)
+    finally:
+        PyBuffer_Release(&dv)
+
+
+def gather_into(samples, dst, a=None, b=None, zero_point=0.0) -> None:
+    """Write ``samples[i]`` into ``dst[i]`` for every i, through the fused kernel.
+
+    Coefficients are as for :func:`affine_into`; the coefficient cycle runs on
+    across samples, exactly as if the samples had been stacked first.
+
+    Raises:
+        InputError: if a sample's dtype or shape does not fit ``dst[i]``, or
+            ``dst`` has a different number of rows.
+    """
+    cdef Py_buffer dv
+    _writable(dst, &dv)
+    try:
+        if dv.ndim < 1 or dv.shape[0] != len(samples):
+            raise InputError(f"dst: expected {len(samples)} rows, got shape {shape_of(&dv)}")
+        c = _Coefficients(dtype_code(dv.format, dv.itemsize), a, b, zero_point)
+        gather_input(&(<_Coefficients>c).k, samples, dv.shape + 1, dv.ndim - 1, <char*>dv.buf, "samples")
+    finally:
+        PyBuffer_Release(&dv)

@@ -1,0 +1,74 @@
+# Slot table: wait-free readers, lock-free publish, exact reclamation.
+from libc.stdint cimport uint64_t
+
+from tflite_hotswap._buffers cimport Kernel, MAX_DIMS
+
+cdef enum:
+    MAX_SLOTS = 4         # serving + preparing + two retiring
+    MAX_WORKERS = 64
+    N_BUCKETS = 1024      # latency histogram: 16 sub-buckets per power of two
+    SLOT_EMPTY = -1       # resource-policy gap: callers wait for the next publish
+    SLOT_CLOSED = -2
+
+cdef struct InputBinding:
+    char* address         # the tensor's memory; valid until the interpreter is re-allocated
+    int ndim
+    Py_ssize_t shape[MAX_DIMS]
+    Kernel kernel
+
+cdef class LatencyStats:
+    cdef uint64_t buckets[N_BUCKETS]
+    cdef uint64_t calls
+    cdef uint64_t errors
+    cdef uint64_t max_ns
+    cdef uint64_t total_ns
+    cdef void record(self, uint64_t ns, bint failed) noexcept nogil
+
+cdef class Bound:
+    cdef object interpreter
+    cdef object wrapper
+    cdef object invoke
+    cdef int subgraph
+    cdef int n_inputs
+    cdef InputBinding* inputs
+    cdef tuple input_names
+    cdef tuple input_indices
+    cdef list keepalive
+    cdef tuple output_names
+    cdef tuple output_indices
+    cdef list output_views
+    cdef bint dynamic
+    cdef readonly tuple shape_key
+    cdef _set_kernel(self, int i, object spec)
+    cdef list _by_name(self, object inputs)
+    cdef list _out_targets(self, object out)
+    cdef int bind(self) except -1
+    cdef object write_inputs(self, object inputs)
+    cdef int write_batch(self, object samples) except -1
+    cdef int run_invoke(self) except -1
+    cdef object read_outputs(self, object out)
+
+cdef class Worker:
+    cdef Bound last
+    cdef dict by_shape
+    cdef object factory
+    cdef object retire
+    cdef Bound bound_for(self, tuple key)
+    cdef object call(self, object inputs, object out)
+    cdef object call_batch(self, object samples, object out)
+
+cdef class Slot:
+    cdef list workers
+    cdef int n_workers
+    cdef int busy[MAX_WORKERS]
+    cdef LatencyStats stats
+    cdef public object info
+    cdef int claim(self, double timeout) except -1
+    cdef void release(self, int w) noexcept
+
+cdef class SlotTable:
+    cdef long current
+    cdef long readers[MAX_SLOTS]
+    cdef list slots
+    cdef public double wait_timeout
+    cdef int enter(self) except -1

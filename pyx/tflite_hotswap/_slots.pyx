@@ -1,0 +1,571 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Slot table: the hot path of :class:`tflite_hotswap.Runtime`.
+
+A *slot* holds one model version: ``workers`` interpreters of it, each bound
+once per allocation (tensor addresses read, output views made).  Calls
+(readers) never take a lock: they load the current slot index, bump that
+slot's reader count and check that the slot is still current; a worker inside
+the slot is claimed with one compare-and-swap.  A swap (writer) prepares a free
+slot completely, publishes it with one atomic exchange, and hands the old one
+to a reclaimer that waits for its reader count to reach zero and then drops it
+(destroying its interpreters off the caller's thread).
+"""
+
+from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport usleep
+
+from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, dtype_code, gather_input,
+                                      read_output, shape_text, write_input)
+
+from tflite_hotswap.errors import (InferenceError, InputError, RuntimeBusyError,
+                                   RuntimeClosedError)
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #define HS_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+    #define HS_XCHG(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
+    #define HS_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
+    #define HS_COUNT(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+    #define HS_RELEASE_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    static inline int hs_claim(int* flag) {
+        int expected = 0;
+        return __atomic_compare_exchange_n(flag, &expected, 1, 0,
+                                           __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+    }
+    static inline void hs_max(uint64_t* p, uint64_t v) {
+        uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+        while (v > cur && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELAXED,
+                                                       __ATOMIC_RELAXED)) {}
+    }
+    static inline int hs_msb(uint64_t v) { return 63 - __builtin_clzll(v); }
+    """
+    long atomic_load "HS_LOAD"(long* p) nogil
+    int atomic_load_int "HS_LOAD"(int* p) nogil
+    uint64_t atomic_load_u64 "HS_LOAD"(uint64_t* p) nogil
+    long atomic_exchange "HS_XCHG"(long* p, long v) nogil
+    long atomic_add "HS_ADD"(long* p, long v) nogil
+    uint64_t atomic_count "HS_COUNT"(uint64_t* p, uint64_t v) nogil
+    void atomic_release_store "HS_RELEASE_STORE"(int* p, int v) nogil
+    bint hs_claim(int* flag) nogil
+    void hs_max(uint64_t* p, uint64_t v) nogil
+    int hs_msb(uint64_t v) nogil
+
+# A worker keeps one allocation per input shape it has seen, up to this many;
+# past it the least recently created one is retired.
+cdef int MAX_SHAPES = 8
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+cdef int backoff(uint64_t* deadline, double timeout, unsigned int* delay_us) except -1:
+    """Sleep a little (GIL released); return 1 once ``timeout`` seconds have passed."""
+    cdef uint64_t t = now_ns()
+    if deadline[0] == 0:
+        deadline[0] = t + <uint64_t>(timeout * 1e9)
+    elif t >= deadline[0]:
+        return 1
+    with nogil:
+        usleep(delay_us[0])
+    delay_us[0] = min(delay_us[0] * 2, 1000)
+    return 0
+
+
+# ---------------------------------------------------------------- statistics
+
+cdef inline int _bucket(uint64_t ns) noexcept nogil:
+    if ns < 32:
+        return <int>ns
+    cdef int msb = hs_msb(ns)
+    return (msb - 3) * 16 + <int>((ns >> (msb - 4)) & 15)
+
+
+cdef inline double _bucket_mid(int b) noexcept:
+    if b < 32:
+        return b
+    cdef int msb = b // 16 + 3
+    cdef double width = <double>(1ULL << (msb - 4))
+    return (16 + b % 16) * width + width / 2
+
+
+cdef class LatencyStats:
+    """Call count, error count and a latency histogram for one model version.
+
+    Percentiles come from a log-linear histogram (16 buckets per power of two),
+    so they are within about 3% of the exact value; the maximum is exact.
+    """
+
+    cdef void record(self, uint64_t ns, bint failed) noexcept nogil:
+        atomic_count(&self.calls, 1)
+        if failed:
+            atomic_count(&self.errors, 1)
+        atomic_count(&self.total_ns, ns)
+        atomic_count(&self.buckets[_bucket(ns)], 1)
+        hs_max(&self.max_ns, ns)
+
+    def snapshot(self) -> dict:
+        """Return calls, errors and p50/p99/p99.9/max/mean latency in microseconds."""
+        cdef uint64_t counts[N_BUCKETS]
+        cdef uint64_t total = 0, seen
+        cdef int b
+        for b in range(N_BUCKETS):
+            counts[b] = atomic_load_u64(&self.buckets[b])
+            total += counts[b]
+        max_ns = atomic_load_u64(&self.max_ns)
+        result = {"calls": atomic_load_u64(&self.calls), "errors": atomic_load_u64(&self.errors),
+                  "max_us": max_ns / 1e3,
+                  "mean_us": atomic_load_u64(&self.total_ns) / 1e3 / total if total else 0.0}
+        for key, q in (("p50_us", 0.5), ("p99_us", 0.99), ("p999_us", 0.999)):
+            seen = 0
+            value = 0.0
+            for b in range(N_BUCKETS):
+                seen += counts[b]
+                if total and seen >= q * total:
+                    value = min(_bucket_mid(b), <double>max_ns) / 1e3
+                    break
+            result[key] = value
+        return result
+
+
+# ------------------------------------------------------------------- binding
+
+cdef class Bound:
+    """One interpreter, allocated for one set of input shapes, bound for raw access.
+
+    Args:
+        interpreter: a backend ``Interpreter`` with tensors allocated.
+        subgraph: the subgraph (signature) to run.
+        inputs: ``(name, tensor_index, kernel)`` per input; ``kernel`` is None
+            for a plain copy or ``(a, b, lo, hi, nan_value)`` with ``a``/``b``
+            ``array('f')`` coefficient cycles (see ``tflite_hotswap.preprocess``).
+        outputs: ``(name, tensor_index)`` per output.
+        dynamic: the model has tensors of unknown shape, so ``invoke`` may move
+            tensor memory: addresses are re-read after every call.
+        shape_key: the input shapes this allocation serves; empty to take
+            them from the allocated tensors.
+    """
+
+    def __cinit__(self):
+        self.inputs = NULL
+
+    def __init__(self, interpreter, int subgraph, list inputs, list outputs, bint dynamic,
+                 tuple shape_key):
+        cdef int i
+        self.interpreter = interpreter
+        self.wrapper = interpreter._interpreter
+        self.invoke = self.wrapper.Invoke
+        self.subgraph = subgraph
+        self.dynamic = dynamic
+        self.shape_key = shape_key
+        self.n_inputs = len(inputs)
+        self.inputs = <InputBinding*>malloc(max(self.n_inputs, 1) * sizeof(InputBinding))
+        if self.inputs == NULL:
+            raise MemoryError()
+        memset(self.inputs, 0, max(self.n_inputs, 1) * sizeof(InputBinding))
+        self.input_names = tuple([spec[0] for spec in inputs])
+        self.input_indices = tuple([spec[1] for spec in inputs])
+        self.output_names = tuple([spec[0] for spec in outputs])
+        self.output_indices = tuple([spec[1] for spec in outputs])
+        self.keepalive = []
+        for i in range(self.n_inputs):
+            self._set_kernel(i, inputs[i][2])
+        self.bind()
+        if not shape_key:
+            self.shape_key = self.input_shapes()
+
+    cdef _set_kernel(self, int i, object spec):
+        cdef const float[::1] a
+        cdef const float[::1] b
+        cdef Kernel* k = &self.inputs[i].kernel
+        k.affine = spec is not None
+        if not k.affine:
+            return
+        a_arr, b_arr, lo, hi, nan_value = spec
+        a = a_arr
+        b = b_arr
+        self.keepalive.extend([a_arr, b_arr])
+        k.a = &a[0]
+        k.b = &b[0]
+        k.period = a.shape[0]
+        k.lo = lo
+        k.hi = hi
+        k.nan_value = nan_value
+
+    def __dealloc__(self):
+        free(self.inputs)
+
+    cdef int bind(self) except -1:
+        """Read each input tensor's address, dtype and shape; make output views."""
+        cdef Py_buffer view
+        cdef int i, d, code
+        for i in range(self.n_inputs):
+            tensor = self.wrapper.tensor(self.wrapper, self.input_indices[i], self.subgraph)
+            PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
+            try:
+                code = dtype_code(view.format, view.itemsize)
+                if self.inputs[i].kernel.affine and code not in (DT_F32, DT_I8, DT_U8):
+                    raise InputError(f"input {self.input_names[i]!r}: preprocessing needs a float32, "
+                                     f"int8 or uint8 tensor")
+                self.inputs[i].kernel.dst = code
+                self.inputs[i].address = <char*>view.buf
+                self.inputs[i].ndim = view.ndim
+                for d in range(view.ndim):
+                    self.inputs[i].shape[d] = view.shape[d]
+            finally:
+                PyBuffer_Release(&view)
+            del tensor  # a live view would pin the interpreter's arena
+        if not self.dynamic:
+            # Outputs of static models stay put: one view each, for the whole
+            # life of this allocation.  Invoke goes through the wrapper, which
+            # does not refuse to run while views exist.
+            self.output_views = [self.wrapper.tensor(self.wrapper, i, self.subgraph)
+                                 for i in self.output_indices]
+        return 0
+
+    def warm_up(self) -> None:
+        """Zero the inputs and invoke once (first-call work happens here, not in a call).
+
+        Raises:
+            InferenceError: if the backend fails to run the model.
+        """
+        cdef int i
+        for i in range(self.n_inputs):
+            tensor = self.wrapper.tensor(self.wrapper, self.input_indices[i], self.subgraph)
+            tensor.fill(0)
+            del tensor
+        self.run_invoke()
+
+    def release(self) -> None:
+        """Drop views first, then the interpreter (the wrapper must outlive its views)."""
+        self.output_views = None
+        self.invoke = None
+        self.wrapper = None
+        self.interpreter = None
+
+    cdef object write_inputs(self, object inputs):
+        """Write the call's inputs; return None, or the inputs' shape key if it differs."""
+        cdef InputBinding* b
+        cdef int i
+        found = []
+        if self.n_inputs == 1 and not isinstance(inputs, dict):
+            b = &self.inputs[0]
+            if write_input(&b.kernel, inputs, b.shape, b.ndim, b.address,
+                           self.input_names[0], found):
+                return (tuple(found),)
+            return None
+        arrays = self._by_name(inputs)
+        for i in range(self.n_inputs):
+            b = &self.inputs[i]
+            if write_input(&b.kernel, arrays[i], b.shape, b.ndim, b.address,
+                           self.input_names[i], found):
+                return shape_key_of(arrays, self.input_names)
+        return None
+
+    cdef list _by_name(self, object inputs):
+        try:
+            if len(inputs) == self.n_inputs:
+                return [inputs[name] for name in self.input_names]
+        except (TypeError, KeyError):
+            pass
+        if not hasattr(inputs, "keys"):
+            raise InputError(f"inputs: expected a mapping of {list(self.input_names)} to arrays, "
+                             f"got {type(inputs).__name__}")
+        missing = [n for n in self.input_names if n not in inputs]
+        unknown = [n for n in inputs.keys() if n not in self.input_names]
+        raise InputError(f"inputs: expected names {list(self.input_names)}, got {list(inputs.keys())}"
+                         + (f" (missing {missing})" if missing else "")
+                         + (f" (unknown {unknown})" if unknown else ""))
+
+    cdef int write_batch(self, object samples) except -1:
+        cdef InputBinding* b
+        cdef int i
+        for i in range(self.n_inputs):
+            b = &self.inputs[i]
+            column = samples if self.n_inputs == 1 and not isinstance(samples[0], dict) \
+                else [self._by_name(s)[i] for s in samples]
+            gather_input(&b.kernel, column, b.shape + 1, b.ndim - 1, b.address, self.input_names[i])
+        return 0
+
+    cdef int run_invoke(self) except -1:
+        try:
+            if self.subgraph == 0:
+                self.invoke()
+            else:
+                self.invoke(self.subgraph)
+        except Exception as e:
+            raise InferenceError(f"the backend failed to run the model: {e}") from e
+        if self.dynamic:
+            self.bind()
+        return 0
+
+    cdef object read_outputs(self, object out):
+        cdef Py_buffer view
+        cdef int i
+        cdef int n = len(self.output_indices)
+        if out is None:
+            if not self.dynamic:
+                if n == 1:
+                    return self.output_views[0].copy()
+                results = [v.copy() for v in self.output_views]
+            else:
+                results = [self.wrapper.GetTensor(i, self.subgraph) for i in self.output_indices]
+            return results[0] if n == 1 else dict(zip(self.output_names, results))
+        targets = [out] if n == 1 and not isinstance(out, dict) else self._out_targets(out)
+        for i in range(n):
+            tensor = self.output_views[i] if not self.dynamic else \
+                self.wrapper.tensor(self.wrapper, self.output_indices[i], self.subgraph)
+            PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
+            try:
+                read_output(&view, targets[i], self.output_names[i])
+            finally:
+                PyBuffer_Release(&view)
+        return out
+
+    cdef list _out_targets(self, object out):
+        if not isinstance(out, dict) or set(out) != set(self.output_names):
+            raise InputError(f"out: expected a dict with exactly the outputs "
+                             f"{list(self.output_names)}, got "
+                             f"{list(out) if isinstance(out, dict) else type(out).__name__}")
+        return [out[name] for name in self.output_names]
+
+    def input_shapes(self) -> tuple:
+        """The current input shapes, as bound."""
+        return tuple(tuple(self.inputs[i].shape[d] for d in range(self.inputs[i].ndim))
+                     for i in range(self.n_inputs))
+
+
+cdef tuple shape_key_of(list arrays, tuple names):
+    key = []
+    for array, name in zip(arrays, names):
+        try:
+            key.append(tuple(memoryview(array).shape))
+        except TypeError as e:
+            raise InputError(f"input {name!r}: expected an array (any object with the buffer "
+                             f"protocol), got {type(array).__name__}") from e
+    return tuple(key)
+
+
+# ------------------------------------------------------------------- workers
+
+cdef class Worker:
+    """One caller's share of a slot: an allocation per input shape seen.
+
+    Args:
+        first: the allocation for the model's default shapes.
+        make: ``make(shape_key) -> Bound``; raises InputError for shapes the
+            model cannot take.
+        retire: ``retire(bound)``, to destroy an evicted allocation off this thread.
+    """
+
+    def __init__(self, Bound first, make, retire):
+        self.last = first
+        self.by_shape = {first.shape_key: first}
+        self.factory = make
+        self.retire = retire
+
+    def add(self, Bound bound) -> None:
+        """Add a prepared allocation (used when a swap pre-builds known shapes)."""
+        self.by_shape[bound.shape_key] = bound
+
+    def shape_keys(self) -> list:
+        return list(self.by_shape)
+
+    def bounds(self) -> list:
+        return list(self.by_shape.values())
+
+    def release(self) -> None:
+        for bound in self.by_shape.values():
+            bound.release()
+        self.by_shape.clear()
+        self.last = None
+
+    cdef Bound bound_for(self, tuple key):
+        cdef Bound bound = self.by_shape.get(key)
+        if bound is None:
+            bound = self.factory(key)
+            if len(self.by_shape) >= MAX_SHAPES:
+                oldest = next(iter(self.by_shape))
+                self.retire(self.by_shape.pop(oldest))
+            self.by_shape[key] = bound
+        self.last = bound
+        return bound
+
+    cdef object call(self, object inputs, object out):
+        cdef Bound bound = self.last
+        key = bound.write_inputs(inputs)
+        if key is not None:
+            bound = self.bound_for(key)
+            if bound.write_inputs(inputs) is not None:
+                raise InputError(f"inputs: shapes {key} could not be bound")
+        bound.run_invoke()
+        return bound.read_outputs(out)
+
+    cdef object call_batch(self, object samples, object out):
+        cdef Bound bound = self.last
+        try:
+            n = len(samples)
+            first = samples[0] if n else None
+        except TypeError as e:
+            raise InputError(f"samples: expected a sequence of per-sample inputs, "
+                             f"got {type(samples).__name__}") from e
+        if n == 0:
+            raise InputError("samples: expected at least one sample, got an empty sequence")
+        arrays = [first] if bound.n_inputs == 1 and not isinstance(first, dict) \
+            else bound._by_name(first)
+        key = tuple([(n,) + shape for shape in shape_key_of(arrays, bound.input_names)])
+        if key != bound.shape_key:
+            bound = self.bound_for(key)
+        bound.write_batch(samples)
+        bound.run_invoke()
+        return bound.read_outputs(out)
+
+
+# --------------------------------------------------------------------- slots
+
+cdef class Slot:
+    """One model version: its workers, their busy flags, its statistics.
+
+    Args:
+        workers: the Worker objects (1 to 64).
+        stats: the version's LatencyStats (shared when a version comes back).
+        info: the version's ModelInfo.
+    """
+
+    def __init__(self, list workers, LatencyStats stats, info):
+        if not 1 <= len(workers) <= MAX_WORKERS:
+            raise ValueError(f"workers: expected 1 to {MAX_WORKERS}, got {len(workers)}")
+        self.workers = workers
+        self.n_workers = len(workers)
+        self.stats = stats
+        self.info = info
+
+    cdef int claim(self, double timeout) except -1:
+        cdef int w
+        cdef uint64_t deadline = 0
+        cdef unsigned int delay = 20
+        while True:
+            for w in range(self.n_workers):
+                if hs_claim(&self.busy[w]):
+                    return w
+            if backoff(&deadline, timeout, &delay):
+                raise RuntimeBusyError(
+                    f"all {self.n_workers} worker(s) stayed busy for {timeout:g} s; "
+                    f"expected one to free up (raise workers= or wait_timeout=)")
+
+    cdef void release(self, int w) noexcept:
+        atomic_release_store(&self.busy[w], 0)
+
+    def workers_list(self) -> list:
+        return list(self.workers)
+
+    def release_all(self) -> None:
+        """Destroy every interpreter of this slot (call only once no reader is left)."""
+        for worker in self.workers:
+            worker.release()
+        self.workers = []
+        self.n_workers = 0
+
+
+cdef class SlotTable:
+    """The slot table; :class:`tflite_hotswap.Runtime` subclasses it."""
+
+    def __cinit__(self, *args, **kwargs):
+        cdef int i
+        self.current = SLOT_EMPTY
+        for i in range(MAX_SLOTS):
+            self.readers[i] = 0
+        self.slots = [None] * MAX_SLOTS
+        self.wait_timeout = 10.0
+
+    cdef int enter(self) except -1:
+        """Return the current slot's index with its reader count raised."""
+        cdef long s
+        cdef uint64_t deadline = 0
+        cdef unsigned int delay = 20
+        while True:
+            s = atomic_load(&self.current)
+            if s >= 0:
+                atomic_add(&self.readers[s], 1)
+                if atomic_load(&self.current) == s:
+                    return <int>s
+                atomic_add(&self.readers[s], -1)  # republished meanwhile: retry
+            elif s == SLOT_CLOSED:
+                raise RuntimeClosedError("the runtime is closed; expected an open runtime "
+                                         "(create a new Runtime)")
+            elif backoff(&deadline, self.wait_timeout, &delay):
+                raise RuntimeBusyError(f"no model was published within {self.wait_timeout:g} s "
+                                       f"(a resource-policy swap is still loading)")
+
+    def run(self, inputs, *, out=None):
+        cdef uint64_t t0 = now_ns()
+        cdef int s = self.enter()
+        cdef Slot slot = <Slot>self.slots[s]
+        cdef int w
+        cdef bint failed = True
+        try:
+            w = slot.claim(self.wait_timeout)
+            try:
+                result = (<Worker>slot.workers[w]).call(inputs, out)
+                failed = False
+                return result
+            finally:
+                slot.release(w)
+        finally:
+            atomic_add(&self.readers[s], -1)
+            slot.stats.record(now_ns() - t0, failed)
+
+    def run_batch(self, samples, *, out=None):
+        cdef uint64_t t0 = now_ns()
+        cdef int s = self.enter()
+        cdef Slot slot = <Slot>self.slots[s]
+        cdef int w
+        cdef bint failed = True
+        try:
+            w = slot.claim(self.wait_timeout)
+            try:
+                result = (<Worker>slot.workers[w]).call_batch(samples, out)
+                failed = False
+                return result
+            finally:
+                slot.release(w)
+        finally:
+            atomic_add(&self.readers[s], -1)
+            slot.stats.record(now_ns() - t0, failed)
+
+    # Writer side: called by Runtime with its swap lock held.
+
+    def _publish(self, int index, Slot slot) -> int:
+        """Install a prepared slot at a free index and make it current; return the old index."""
+        self.slots[index] = slot
+        return atomic_exchange(&self.current, index)
+
+    def _unpublish(self, bint close) -> int:
+        """Make no slot current (a gap, or closed); return the old index."""
+        return atomic_exchange(&self.current, SLOT_CLOSED if close else SLOT_EMPTY)
+
+    def _current_index(self) -> int:
+        return atomic_load(&self.current)
+
+    def _readers(self, int index) -> int:
+        return atomic_load(&self.readers[index])
+
+    def _slot(self, int index):
+        return self.slots[index]
+
+    def _take(self, int index):
+        """Remove and return the slot at index (its readers must have drained)."""
+        slot = self.slots[index]
+        self.slots[index] = None
+        return slot
+
+    @staticmethod
+    def _capacity() -> int:
+        return MAX_SLOTS

@@ -1,0 +1,17 @@
+"""tflite_hotswap: run TensorFlow Lite models and replace them while inference keeps running."""
+
+from .backend import Backend, load_backend
+from .contract import Contract, TensorSpec
+from .errors import (BackendError, BackendNotFoundError, HotswapError, IncompatibleModelError,
+                     InferenceError, InputError, InvalidModelError, MisuseError, ModelError,
+                     RuntimeBusyError, RuntimeClosedError)
+from .preprocess import Normalize
+from .runtime import ModelInfo, Runtime, VersionStats
+
+__all__ = [
+    "Backend", "BackendError", "BackendNotFoundError", "Contract", "HotswapError",
+    "IncompatibleModelError", "InferenceError", "InputError", "InvalidModelError", "MisuseError",
+    "ModelError", "ModelInfo", "Normalize", "Runtime", "RuntimeBusyError", "RuntimeClosedError",
+    "TensorSpec", "VersionStats", "load_backend",
+]
+__version__ = "0.1.0"

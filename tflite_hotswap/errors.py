@@ -1,0 +1,144 @@
+"""Every exception tflite_hotswap raises, split by cause.
+
+Catch :class:`HotswapError` for all of them, or one branch:
+
+* :class:`MisuseError` -- the caller passed something wrong (arguments,
+  input names, shapes, dtypes).  Fix the calling code.
+* :class:`ModelError` -- the model itself: :class:`InvalidModelError` (cannot be
+  loaded or run) and :class:`IncompatibleModelError` (its I/O contract differs
+  from the serving model's).
+* :class:`RuntimeClosedError`, :class:`RuntimeBusyError` -- the runtime's state.
+* :class:`BackendError` -- no usable TFLite backend, or the backend failed
+  while running a model that had loaded.
+* :class:`DeliveryError` -- getting a model onto the device: manifest,
+  transport, verification and storage errors.
+
+Each also derives from the closest built-in (``ValueError``, ``OSError``, ...)
+so generic handlers keep working.  Messages say what was expected and what was
+found.
+"""
+
+from __future__ import annotations
+
+
+class HotswapError(Exception):
+    """Base class of every error raised by tflite_hotswap."""
+
+
+# --------------------------------------------------------------------- misuse
+
+
+class MisuseError(HotswapError, ValueError):
+    """Bad arguments: the calling code must change."""
+
+
+class InputError(MisuseError):
+    """An input or ``out=`` array has the wrong name, shape, dtype or type."""
+
+
+# --------------------------------------------------------------------- models
+
+
+class ModelError(HotswapError):
+    """Something is wrong with a model."""
+
+
+class InvalidModelError(ModelError, ValueError):
+    """The model cannot be loaded or run (corrupt, truncated, unsupported ops)."""
+
+
+class IncompatibleModelError(ModelError):
+    """The model's I/O contract differs from the serving model's.
+
+    Attributes:
+        differences: one human-readable line per difference.
+    """
+
+    def __init__(self, message: str, differences: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.differences = list(differences or [])
+
+
+# -------------------------------------------------------------- runtime state
+
+
+class RuntimeClosedError(HotswapError, RuntimeError):
+    """The runtime was closed."""
+
+
+class RuntimeBusyError(HotswapError, TimeoutError):
+    """A call waited longer than ``wait_timeout`` (all workers busy, or a swap gap)."""
+
+
+# ------------------------------------------------------------------- backends
+
+
+class BackendError(HotswapError, RuntimeError):
+    """A TFLite backend is missing or failed."""
+
+
+class BackendNotFoundError(BackendError, ImportError):
+    """The requested TFLite backend is not installed."""
+
+
+class InferenceError(BackendError):
+    """The backend raised while running a loaded model."""
+
+
+# ------------------------------------------------------------------- delivery
+
+
+class DeliveryError(HotswapError):
+    """Base class of errors while getting a model onto the device."""
+
+
+class ManifestError(DeliveryError, ValueError):
+    """The repository manifest is malformed or violates the schema."""
+
+
+class SerialRollbackError(ManifestError):
+    """The manifest's serial is lower than one already seen (a replay or rollback)."""
+
+
+class TransportError(DeliveryError, OSError):
+    """The source could not be reached or did not answer properly."""
+
+
+class HTTPStatusError(TransportError):
+    """The server answered with an unexpected HTTP status.
+
+    Attributes:
+        status: the HTTP status code.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DownloadTimeoutError(TransportError, TimeoutError):
+    """A connect or read timeout, or the total deadline, ran out."""
+
+
+class VerificationError(DeliveryError):
+    """Downloaded bytes do not match what the manifest promised."""
+
+
+class HashMismatchError(VerificationError):
+    """The sha256 of the downloaded bytes differs from the manifest's."""
+
+
+class SizeExceededError(VerificationError):
+    """More bytes arrived than the manifest announced."""
+
+
+class StorageError(DeliveryError, OSError):
+    """The on-device store could not be read or written."""
+
+
+class DiskFullError(StorageError):
+    """Not enough free disk space for the download."""
+
+
+class LockTimeoutError(StorageError, TimeoutError):
+    """Another process held the store's lock for too long."""
