@@ -5,6 +5,9 @@ truncated or corrupted model can crash the whole process in the Interpreter
 constructor.  So a child process loads the model and runs it once first; only
 if the child survives does the serving process load it.  Verdicts are cached
 by sha256, so re-swapping a known model costs nothing.
+
+A model the child refuses with an exception (rather than a crash) is safe to
+load here: the same load raises the same error, typed, in this process.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ def prove_loadable(backend: str, data: bytes, sha256: str, signature: Optional[s
     Returns 0.0 when the verdict for this sha256 was already known.
 
     Raises:
-        InvalidModelError: if the child raised, crashed (the signal is named)
-            or did not finish within ``timeout`` seconds.
+        InvalidModelError: if the child crashed (the signal is named) or did
+            not finish within ``timeout`` seconds.
     """
     key = (backend, sha256, signature)
     with _cache_lock:
@@ -61,11 +64,12 @@ def _run_child(backend: str, data: bytes, signature: Optional[str], num_threads:
             input=data, capture_output=True, timeout=timeout, env=env, cwd=package_root)
     except subprocess.TimeoutExpired:
         return f"the model did not load and run within {timeout:g} s in an isolated process; refused"
-    if done.returncode == 0:
-        return None
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name
         return (f"{backend} crashed ({name}) loading or running the model in an isolated "
                 f"process; expected a valid model, refused")
-    message = done.stderr.decode(errors="replace").strip().splitlines()
-    return f"the model failed to load and run: {message[-1] if message else 'exit status %d' % done.returncode}"
+    if done.returncode not in (0, 3):
+        detail = done.stderr.decode(errors="replace").strip().splitlines()
+        return (f"the isolated process loading the model died with exit status {done.returncode}"
+                f"{': ' + detail[-1] if detail else ''}; refused")
+    return None

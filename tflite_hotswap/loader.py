@@ -12,6 +12,7 @@ from ._slots import Bound
 from .backend import Backend
 from .contract import Contract, contract_of, signature_of
 from .errors import InputError, InvalidModelError, MisuseError
+from .verify import verify_model
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 ShapeKey = tuple  # one shape tuple per input, in contract order
@@ -34,11 +35,14 @@ class LoadedModel:
 
 
 def read_model(model: ModelSource) -> bytes:
-    """Return the model's bytes from a path or a bytes-like object.
+    """Return the model's bytes from a path or a bytes-like object, verified.
+
+    Every model is verified structurally (``verify``) before any backend sees
+    it, whichever backend: it is cheap and gives one error for one fault.
 
     Raises:
         MisuseError: if ``model`` is neither, or the file cannot be read.
-        InvalidModelError: if the bytes are not a TFLite flatbuffer.
+        InvalidModelError: if the bytes are not a valid TFLite flatbuffer.
     """
     if isinstance(model, (bytes, bytearray, memoryview)):
         data = bytes(model)
@@ -53,6 +57,7 @@ def read_model(model: ModelSource) -> bytes:
     if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
         raise InvalidModelError(f"model: expected a TFLite flatbuffer (identifier {_TFLITE_IDENTIFIER!r} "
                                 f"at offset 4), got {len(data)} bytes starting {data[:8]!r}")
+    verify_model(data)
     return data
 
 

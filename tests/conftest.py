@@ -1,0 +1,37 @@
+"""Shared fixtures: the backend under test, model paths, a raw backend interpreter.
+
+The whole suite runs once per backend: set TFLITE_HOTSWAP_BACKEND (the test
+command does) to ``tflite-runtime`` or ``litert``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from tflite_hotswap import load_backend
+
+MODELS = pathlib.Path(__file__).parent / "models"
+
+
+def model_path(name: str) -> str:
+    return str(MODELS / f"{name}.tflite")
+
+
+def model_bytes(name: str) -> bytes:
+    return (MODELS / f"{name}.tflite").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def backend_name() -> str:
+    return load_backend(os.environ.get("TFLITE_HOTSWAP_BACKEND", "auto")).name
+
+
+def raw_signature_run(name: str, inputs: dict) -> dict:
+    """Run a model the plain way (SignatureRunner of the same backend): the reference."""
+    interpreter = load_backend().interpreter_class(model_path=model_path(name))
+    runner = interpreter.get_signature_runner()
+    return runner(**inputs)
