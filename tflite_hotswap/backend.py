@@ -32,7 +32,7 @@ _CANDIDATES = (
     _Candidate("litert", "ai_edge_litert.interpreter", "ai-edge-litert", True),
     # TensorFlow's interpreter shares tflite-runtime's model loading; treated as
     # non-verifying to be safe.
-    _Candidate("tensorflow", "tensorflow.lite", "tensorflow-cpu", False),
+    _Candidate("tensorflow", "tensorflow.lite.python.interpreter", "tensorflow-cpu", False),
 )
 
 _ALIASES = {
