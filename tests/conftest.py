@@ -31,7 +31,12 @@ def backend_name() -> str:
 
 
 def raw_signature_run(name: str, inputs: dict) -> dict:
-    """Run a model the plain way (SignatureRunner of the same backend): the reference."""
+    """Run a model the plain way (SignatureRunner of the same backend): the reference.
+
+    ``allocate_tensors()`` first, as users do: that is what applies the
+    backend's default delegate (XNNPACK), which changes the last bits.
+    """
     interpreter = load_backend().interpreter_class(model_path=model_path(name))
+    interpreter.allocate_tensors()
     runner = interpreter.get_signature_runner()
     return runner(**inputs)

@@ -130,7 +130,9 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: Optional[int],
             except (ValueError, RuntimeError) as e:
                 raise InputError(f"input {spec.name!r}: the model cannot take shape {shape}: {e}") from e
     try:
-        wrapper.AllocateTensors(model.subgraph)
+        # All subgraphs (-1): only this applies the backend's default delegate
+        # (XNNPACK); allocating one subgraph would silently run without it.
+        wrapper.AllocateTensors(-1)
     except (ValueError, RuntimeError, MemoryError) as e:
         error = InputError if key is not None else InvalidModelError
         raise error(f"{backend.name} could not allocate the model's tensors: {e}") from e

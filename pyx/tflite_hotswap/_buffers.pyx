@@ -112,16 +112,18 @@ ctypedef fused dst_t:
     uint8_t
 
 
-cdef inline float _quantize(float v, const Kernel* k) noexcept nogil:
-    if v != v:
-        return k.nan_value
-    if v < k.lo:
-        v = k.lo
-    elif v > k.hi:
-        v = k.hi
-    # Round half away from zero (as TFLite's own quantize does).  v is a float32,
-    # so v +/- 0.5 is exact in double and truncation then rounds correctly.
-    return <float>(<int>(<double>v + (0.5 if v >= 0 else -0.5)))
+cdef inline int _quantize(float v, const Kernel* k) noexcept nogil:
+    # Branch-free (selects, min/max, truncation) so loops over it vectorise.
+    cdef int i
+    cdef float frac
+    v = k.nan_value if v != v else v
+    v = k.lo if v < k.lo else v
+    v = k.hi if v > k.hi else v
+    # Round half away from zero (as TFLite's own quantize does): truncate, then
+    # step away from zero when the fraction -- exact, |v| < 2**23 -- is >= 0.5.
+    i = <int>v
+    frac = v - <float>i
+    return i + (frac >= 0.5) - (frac <= -0.5)
 
 
 cdef void _affine_contig(const src_t* src, Py_ssize_t n, dst_t* dst, const Kernel* k,

@@ -1,0 +1,88 @@
+"""Run the benchmarks and print them as one table, each figure beside its raw idiom.
+
+    python benches/report.py [pytest args...]
+
+Run it with the Python of an environment that has the package installed
+(tools/bench.sh does, for both backends).  Medians come from pytest-benchmark;
+ratios compare two benchmarks of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (label, benchmark, baseline, how to compare, target)
+RATIOS = [
+    ("run() / set_tensor+invoke+get_tensor", "test_runtime_run", "test_raw_set_invoke_get", "ratio", "<= 0.8"),
+    ("run() / SignatureRunner call", "test_runtime_run", "test_raw_signature_runner", "ratio", "<= 0.3"),
+    ("run() - bare invoke() (us)", "test_runtime_run", "test_raw_bare_invoke", "diff_us", "<= 1.0"),
+    ("run(out=) / set_tensor+invoke+get_tensor", "test_runtime_run_out", "test_raw_set_invoke_get", "ratio", "<= 0.8"),
+    ("float32 preprocess: numpy idiom / fused", "test_numpy_idiom_then_set_tensor[image_f32]",
+     "test_fused_kernel_into_tensor[image_f32]", "ratio", ">= 4"),
+    ("float32 preprocess: fused / plain copy", "test_fused_kernel_into_tensor[image_f32]",
+     "test_plain_copy_of_output_bytes[image_f32]", "ratio", "<= 2"),
+    ("int8 preprocess: numpy idiom / fused", "test_numpy_idiom_then_set_tensor[image_int8]",
+     "test_fused_kernel_into_tensor[image_int8]", "ratio", ">= 4"),
+    ("int8 preprocess: fused / plain copy", "test_fused_kernel_into_tensor[image_int8]",
+     "test_plain_copy_of_output_bytes[image_int8]", "ratio", "<= 2"),
+]
+
+
+def _meets(value: float, target: str) -> bool:
+    op, bound = target.split()
+    return value <= float(bound) if op == "<=" else value >= float(bound)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        code = subprocess.call([sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider",
+                                f"--benchmark-json={out}", "--benchmark-disable-gc",
+                                "--benchmark-columns=median,iqr,rounds", *sys.argv[1:]])
+        if not os.path.exists(out):
+            return code or 1
+        with open(out) as f:
+            report = json.load(f)
+    bench = {b["name"]: b for b in report["benchmarks"]}
+    median = {name: b["stats"]["median"] for name, b in bench.items()}
+    from tflite_hotswap import load_backend
+    import numpy
+    print(f"\nbackend {load_backend().name}, numpy {numpy.__version__}, "
+          f"{report['machine_info'].get('cpu', {}).get('brand_raw', '')}")
+    print(f"\n{'comparison (same run)':<44}{'value':>10}  {'target':<8} ok")
+    for label, a, b, how, target in RATIOS:
+        if a not in median or b not in median:
+            continue
+        value = median[a] / median[b] if how == "ratio" else (median[a] - median[b]) * 1e6
+        print(f"{label:<44}{value:>10.2f}  {target:<8} {'yes' if _meets(value, target) else 'NO'}")
+    print(f"\n{'median per call (us)':<44}{'value':>10}")
+    for name in ("test_raw_bare_invoke", "test_raw_set_invoke_get", "test_raw_signature_runner",
+                 "test_runtime_run", "test_runtime_run_out"):
+        if name in median:
+            print(f"{name:<44}{median[name] * 1e6:>10.2f}")
+    swaps = [b for b in report["benchmarks"] if b["group"].startswith("swap-under-load")]
+    if swaps:
+        keys = ["calls", "failed_calls", "swaps", "p50_us", "p99_us", "p999_us", "max_us",
+                "max_stall_per_swap_ms", "median_stall_per_swap_ms"]
+        print(f"\n{'run() loop under swaps':<46}" + "".join(f"{k:>12}" for k in keys[:7]) + "  max/median stall per swap (ms)")
+        for b in swaps:
+            e = b["extra_info"]
+            print(f"{b['name'][len('test_run_loop_latency'):]:<46}" + "".join(f"{e[k]:>12}" for k in keys[:7])
+                  + (f"  {e['max_stall_per_swap_ms']} / {e['median_stall_per_swap_ms']}" if e["swaps"] else ""))
+    scaling = {b["name"]: b["extra_info"]["calls_per_second"] for b in report["benchmarks"] if b["group"] == "scaling"}
+    if len(scaling) == 2:
+        one, two = scaling["test_two_callers[1]"], scaling["test_two_callers[2]"]
+        ratio = two / one
+        print(f"\nscaling, 2 callers on conv_heavy: workers=1 {one:.1f}/s, workers=2 {two:.1f}/s, "
+              f"ratio {ratio:.2f} (target >= 1.7: {'yes' if ratio >= 1.7 else 'NO'})")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Latency of a run() loop while the model is swapped under it, beside the same loop without swaps.
+
+A thread calls run() as fast as it can and times every call; the main thread
+swaps between two versions every 100 ms for 5 s (a new model each time, so
+every swap loads, allocates and warms up).  Reported in extra_info: failed
+calls (must be 0), p50/p99/p99.9/max call latency, and the max stall per
+swap: the longest call that overlapped each swap.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import model_path
+from tflite_hotswap import Runtime
+
+SECONDS = 5.0
+EVERY = 0.1
+
+
+def _loop(name_a, name_b, swap: bool):
+    a, b = open(model_path(name_a), "rb").read(), open(model_path(name_b), "rb").read()
+    rt = Runtime(a)
+    n_in = rt.info.inputs[0].shape[1]
+    x = np.ones((1, n_in), np.float32)
+    ends, took, failed = [], [], [0]
+    stop = threading.Event()
+
+    def caller():
+        while not stop.is_set():
+            t0 = time.perf_counter_ns()
+            try:
+                rt.run(x)
+            except Exception:
+                failed[0] += 1
+            t1 = time.perf_counter_ns()
+            ends.append(t1)
+            took.append(t1 - t0)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    windows = []
+    deadline = time.monotonic() + SECONDS
+    i = 0
+    while time.monotonic() < deadline:
+        time.sleep(EVERY)
+        if swap:
+            t0 = time.perf_counter_ns()
+            rt.swap(b if i % 2 == 0 else a, allow_contract_change=True)
+            windows.append((t0, time.perf_counter_ns()))
+            i += 1
+    time.sleep(0.05)  # let the last retired slot be reclaimed while timed
+    stop.set()
+    thread.join()
+    rt.close()
+    ends, took = np.array(ends), np.array(took)
+    starts = ends - took
+    stalls = [took[(ends >= s) & (starts <= e)].max(initial=0) for s, e in windows]
+    q = np.percentile(took, [50, 99, 99.9]) / 1e3
+    return {"calls": int(len(took)), "failed_calls": failed[0], "swaps": len(windows),
+            "p50_us": round(q[0], 1), "p99_us": round(q[1], 1), "p999_us": round(q[2], 1),
+            "max_us": round(took.max() / 1e3, 1),
+            "max_stall_per_swap_ms": round(max(stalls, default=0) / 1e6, 2),
+            "median_stall_per_swap_ms": round(float(np.median(stalls)) / 1e6 if stalls else 0, 2)}
+
+
+@pytest.mark.parametrize("size", ["512k", "20mb"])
+@pytest.mark.parametrize("swap", [False, True], ids=["no-swaps", "swap-every-100ms"])
+def test_run_loop_latency(benchmark, size, swap):
+    benchmark.group = f"swap-under-load-{size}"
+    result = benchmark.pedantic(_loop, args=(f"dense_{size}", f"dense_{size}_b", swap), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    assert result["failed_calls"] == 0

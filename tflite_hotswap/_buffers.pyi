@@ -1,0 +1,23 @@
+"""Typed stubs for the buffer kernels (pyx/tflite_hotswap/_buffers.pyx)."""
+
+from typing import Any, Optional, Sequence
+
+from ._typing import Buffer
+
+def dtype_code_of(name: str) -> int: ...
+def dtype_name_of(code: int) -> str: ...
+def affine_into(src: Buffer, dst: Buffer, a: Optional[Sequence[float]] = ...,
+                b: Optional[Sequence[float]] = ..., zero_point: float = ...) -> None:
+    """Write src into dst through the fused kernel (plain copy without coefficients).
+
+    Raises:
+        InputError: if a buffer is missing, of the wrong dtype, not writable,
+            not contiguous (dst), or the element counts differ.
+    """
+def gather_into(samples: Sequence[Buffer], dst: Buffer, a: Optional[Sequence[float]] = ...,
+                b: Optional[Sequence[float]] = ..., zero_point: float = ...) -> None:
+    """Write samples[i] into dst[i] through the fused kernel.
+
+    Raises:
+        InputError: if a sample does not fit dst[i] or the row count differs.
+    """

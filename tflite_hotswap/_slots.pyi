@@ -1,0 +1,84 @@
+"""Typed stubs for the slot table (pyx/tflite_hotswap/_slots.pyx)."""
+
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from ._typing import Buffer
+
+Inputs = Union[Buffer, Mapping[str, Buffer]]
+Outputs = Union[Any, dict[str, Any]]
+
+class LatencyStats:
+    def snapshot(self) -> dict[str, float]: ...
+
+class Bound:
+    shape_key: tuple[tuple[int, ...], ...]
+    def __init__(self, interpreter: Any, subgraph: int, inputs: list[tuple[str, int, Any]],
+                 outputs: list[tuple[str, int]], dynamic: bool,
+                 shape_key: tuple[tuple[int, ...], ...]) -> None: ...
+    def warm_up(self) -> None:
+        """Raises: InferenceError: if the backend fails to run the model."""
+    def release(self) -> None: ...
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]: ...
+
+class Worker:
+    def __init__(self, first: Bound, make: Callable[[tuple], Bound],
+                 retire: Callable[[Bound], None]) -> None: ...
+    def add(self, bound: Bound) -> None: ...
+    def shape_keys(self) -> list[tuple[tuple[int, ...], ...]]: ...
+    def bounds(self) -> list[Bound]: ...
+    def release(self) -> None: ...
+
+class Slot:
+    info: Any
+    def __init__(self, workers: list[Worker], stats: LatencyStats, info: Any) -> None: ...
+    def workers_list(self) -> list[Worker]: ...
+    def release_all(self) -> None: ...
+
+class SlotTable:
+    wait_timeout: float
+    def run(self, inputs: Inputs, *, out: Optional[Outputs] = ...) -> Outputs:
+        """Run one inference on the serving model.
+
+        Args:
+            inputs: an array for a single-input model, or a mapping of input
+                name to array.  Its dtype and shape must match the input (with
+                a Normalize preprocess: uint8, int8, float32 or float64).
+            out: optional array (single output) or dict of arrays to write the
+                outputs into; then nothing is allocated and ``out`` is returned.
+
+        Returns:
+            An array for a single-output model, else a dict keyed by output name.
+
+        Raises:
+            InputError: wrong name, shape, dtype or type of an input or ``out``.
+            InferenceError: the backend failed while running.
+            RuntimeClosedError: the runtime is closed.
+            RuntimeBusyError: no worker (or, mid resource-policy swap, no model)
+                became available within ``wait_timeout``.
+        """
+    def run_batch(self, samples: Sequence[Inputs], *, out: Optional[Outputs] = ...) -> Outputs:
+        """Gather per-sample inputs straight into the batch input tensor and run once.
+
+        Args:
+            samples: per-sample arrays (single-input model) or mappings; each
+                without the batch dimension.  A dynamic batch dimension is
+                resized to ``len(samples)``; one allocation is kept per batch
+                size seen (up to 8).
+            out: as for :meth:`run`.
+
+        Returns:
+            As for :meth:`run`, with the batch dimension.
+
+        Raises:
+            InputError: empty or non-sequence ``samples``, a sample of the wrong
+                shape or dtype, or a batch size a fixed-batch model cannot take.
+            InferenceError, RuntimeClosedError, RuntimeBusyError: as for run.
+        """
+    @staticmethod
+    def _capacity() -> int: ...
+    def _publish(self, index: int, slot: Slot) -> int: ...
+    def _unpublish(self, close: bool) -> int: ...
+    def _current_index(self) -> int: ...
+    def _readers(self, index: int) -> int: ...
+    def _slot(self, index: int) -> Optional[Slot]: ...
+    def _take(self, index: int) -> Optional[Slot]: ...
