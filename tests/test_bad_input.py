@@ -1,6 +1,7 @@
 """Bad input gets a clear, typed exception; nothing a caller passes crashes the process."""
 
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -160,17 +161,20 @@ def test_truncated_model_is_refused_before_any_backend_reads_it():
 def test_isolated_probe_contains_a_backend_crash(backend_name, monkeypatch):
     """The probe's child process dies on what crashes the backend; this process lives on.
 
-    tflite-runtime segfaults on a truncated model; LiteRT refuses it with an
-    exception, which the probe treats as safe (the same load raises here too).
+    The model's root offset points 1 GiB past its end (the verifier, which
+    would refuse it, is bypassed): tflite-runtime reads there and segfaults;
+    LiteRT refuses it with an exception, which the probe treats as safe (the
+    same load raises here too).
     """
-    truncated = model_bytes("dense_512k")[:5000]
+    far = bytearray(model_bytes("version_1"))
+    far[0:4] = struct.pack("<I", 1 << 30)
     children = []
     real_run_child = isolation._run_child
     monkeypatch.setattr(isolation, "_run_child", lambda *a: children.append(a) or real_run_child(*a))
     for _ in range(2):  # the second answer comes from the sha256 cache
         if backend_name == "tflite-runtime":
             with pytest.raises(InvalidModelError, match=r"tflite-runtime crashed \(SIGSEGV\)"):
-                isolation.prove_loadable(backend_name, truncated, "truncated-test", None)
+                isolation.prove_loadable(backend_name, bytes(far), "far-offset-test", None)
         else:
-            isolation.prove_loadable(backend_name, truncated, "truncated-test", None)
+            isolation.prove_loadable(backend_name, bytes(far), "far-offset-test", None)
     assert len(children) == 1
