@@ -1,0 +1,455 @@
+"""The on-device model store: content-addressed, crash-safe, shared between processes.
+
+Layout of the store folder::
+
+    objects/<sha256>          verified model files, named by their hash
+    partial/<sha256>.part     a download in progress (resumable)
+    partial/<sha256>.json     what the partial file is: URL and ETag
+    locks/<sha256>.lock       held by the one process downloading that file
+    state.json                current / last-known-good / bad versions, highest serial
+    manifest.json             the last manifest accepted
+    .lock                     serialises read-modify-write of state.json
+
+Every file that matters is replaced atomically (temporary file, fsync, rename,
+fsync of the folder), so a power cut at any moment leaves either the old or the
+new version.  Opening the store finishes what a crash interrupted: stray
+temporary files are removed, partial downloads without a description are
+discarded, and objects whose hash does not match their name are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+from .errors import (DiskFullError, DownloadTimeoutError, HashMismatchError, LockTimeoutError,
+                     SizeExceededError, StorageError, TransportError)
+from .fetch import FetchConfig, RangeNotSatisfiable, Source, with_retries
+from .manifest import Manifest, Version, parse_manifest
+
+Progress = Callable[[int, int], None]
+_STATE_FORMAT = 1
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
+
+    Raises:
+        StorageError: if writing fails (the old file is untouched).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"{path}: could not write ({e})") from e
+
+
+def fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Where one model stands on this device."""
+
+    current: Optional[str]
+    last_known_good: Optional[str]
+    bad: dict
+    versions: dict
+
+
+class Store:
+    """An on-device folder of verified model files.
+
+    Args:
+        root: the folder (created if missing).
+        keep: besides the current and last-known-good versions, how many of
+            the newest versions to keep when pruning.
+        config: timeouts and limits for downloads.
+
+    Raises:
+        StorageError: if the folder cannot be created or read.
+    """
+
+    def __init__(self, root: str, *, keep: int = 2, config: FetchConfig = FetchConfig()) -> None:
+        self.root = os.path.abspath(root)
+        self.keep = keep
+        self.config = config
+        try:
+            for sub in ("objects", "partial", "locks"):
+                os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"{self.root}: could not create the store ({e})") from e
+        with self._state_lock():
+            self._recover()
+
+    # -------------------------------------------------------------- paths
+
+    def object_path(self, sha256: str) -> str:
+        return os.path.join(self.root, "objects", sha256)
+
+    def _partial(self, sha256: str) -> tuple[str, str]:
+        base = os.path.join(self.root, "partial", sha256)
+        return base + ".part", base + ".json"
+
+    # ------------------------------------------------------------ recovery
+
+    def _recover(self) -> None:
+        """Finish or undo whatever a crash interrupted."""
+        for folder in (self.root, os.path.join(self.root, "objects"), os.path.join(self.root, "partial")):
+            for name in os.listdir(folder):
+                if name.endswith(".tmp") and not _writer_alive(name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
+        partial = os.path.join(self.root, "partial")
+        for name in os.listdir(partial):
+            stem, ext = os.path.splitext(name)
+            other = os.path.join(partial, stem + (".json" if ext == ".part" else ".part"))
+            if not os.path.exists(other) and not self._locked_by_other(stem):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(partial, name))
+        for name in os.listdir(os.path.join(self.root, "objects")):
+            path = self.object_path(name)
+            if sha256_file(path) != name:
+                os.unlink(path)
+
+    def _locked_by_other(self, sha256: str) -> bool:
+        path = os.path.join(self.root, "locks", sha256 + ".lock")
+        if not os.path.exists(path):
+            return False
+        with open(path, "a+b") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    # --------------------------------------------------------------- state
+
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        with self._flock(os.path.join(self.root, ".lock"), self.config.lock_timeout):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, path: str, timeout: float) -> Iterator[None]:
+        f = open(path, "a+b")
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LockTimeoutError(f"{path}: another process held the lock for more "
+                                               f"than {timeout:g} s") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            f.close()
+
+    def _read_state(self) -> dict:
+        path = os.path.join(self.root, "state.json")
+        try:
+            with open(path, "rb") as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            return {"format": _STATE_FORMAT, "max_serial": None, "manifest_etag": None, "models": {}}
+        except (OSError, ValueError) as e:
+            raise StorageError(f"{path}: expected the store's state record, could not read it ({e})") from e
+        if state.get("format") != _STATE_FORMAT:
+            raise StorageError(f"{path}: expected state format {_STATE_FORMAT}, got {state.get('format')!r}")
+        return state
+
+    def _write_state(self, state: dict) -> None:
+        atomic_write(os.path.join(self.root, "state.json"), json.dumps(state, indent=1, sort_keys=True).encode())
+
+    def state(self, model: str) -> ModelState:
+        """The recorded state of ``model`` (all None/empty if never seen)."""
+        m = self._read_state()["models"].get(model, {})
+        return ModelState(m.get("current"), m.get("last_known_good"), dict(m.get("bad", {})),
+                          dict(m.get("versions", {})))
+
+    def _update_model(self, model: str, change: Callable[[dict], None]) -> None:
+        with self._state_lock():
+            state = self._read_state()
+            m = state["models"].setdefault(model, {"current": None, "last_known_good": None,
+                                                   "bad": {}, "versions": {}})
+            change(m)
+            self._write_state(state)
+
+    def record(self, model: str, version: Version) -> None:
+        """Remember that ``version`` of ``model`` is stored (its sha256 and when)."""
+        self._update_model(model, lambda m: m["versions"].__setitem__(
+            version.id, {"sha256": version.sha256, "stored_at": time.time()}))
+
+    def mark_current(self, model: str, version: str, *, good: bool = True) -> None:
+        """Record ``version`` as serving; ``good`` also makes it the last-known-good.
+
+        Raises:
+            StorageError: if the version was never stored here.
+        """
+        def change(m: dict) -> None:
+            if version not in m["versions"]:
+                raise StorageError(f"{model} {version}: expected a stored version, got an unknown one "
+                                   f"(stored: {sorted(m['versions'])})")
+            m["current"] = version
+            if good:
+                m["last_known_good"] = version
+        self._update_model(model, change)
+
+    def mark_bad(self, model: str, version: str, reason: str) -> None:
+        """Record ``version`` as bad (with why); it is never chosen again by ``usable``."""
+        def change(m: dict) -> None:
+            m["bad"][version] = reason
+            if m["current"] == version:
+                m["current"] = m["last_known_good"] if m["last_known_good"] != version else None
+        self._update_model(model, change)
+
+    def path_of(self, model: str, version: str) -> str:
+        """The verified file of a stored version.
+
+        Raises:
+            StorageError: if it is not stored (or was pruned).
+        """
+        entry = self.state(model).versions.get(version)
+        path = self.object_path(entry["sha256"]) if entry else None
+        if path is None or not os.path.exists(path):
+            raise StorageError(f"{model} {version}: expected a stored file, found none")
+        return path
+
+    # ------------------------------------------------------------ manifest
+
+    def refresh_manifest(self, source: Source) -> tuple[Manifest, bool]:
+        """Fetch the manifest (conditional GET) and accept it if its serial did not go back.
+
+        Returns:
+            (manifest, changed): ``changed`` is False when the source answered
+            "not modified" and the stored manifest was reused unparsed.
+
+        Raises:
+            SerialRollbackError: if the serial is lower than one accepted before.
+            ManifestError: if the manifest is malformed.
+            TransportError: if the source cannot be reached.
+        """
+        state = self._read_state()
+        stored = os.path.join(self.root, "manifest.json")
+        etag = state.get("manifest_etag") if os.path.exists(stored) else None
+        deadline = time.monotonic() + self.config.deadline
+        data, new_etag = with_retries(lambda: source.manifest(etag, self.config), self.config, deadline)
+        if data is None:
+            with open(stored, "rb") as f:
+                return parse_manifest(f.read()), False
+        with self._state_lock():
+            state = self._read_state()
+            manifest = parse_manifest(data, min_serial=state.get("max_serial"))
+            atomic_write(stored, data)
+            state["max_serial"] = manifest.serial
+            state["manifest_etag"] = new_etag
+            self._write_state(state)
+        return manifest, True
+
+    # ------------------------------------------------------------ download
+
+    def fetch(self, source: Source, model: str, version: Version,
+              progress: Optional[Progress] = None) -> str:
+        """Make sure ``version`` is stored, downloading it if needed; return its path.
+
+        Exactly one process downloads a given file; others wait for it and
+        reuse it.  Downloads resume after interruptions (HTTP Range guarded
+        by If-Range), hash while streaming, and stop at the first byte over
+        the announced size.
+
+        Raises:
+            DiskFullError: if free space is below the size plus the margin.
+            HashMismatchError, SizeExceededError: the bytes are not what the
+                manifest promised (the partial file is discarded).
+            TransportError, HTTPStatusError, DownloadTimeoutError: the source
+                failed after retries (the partial file is kept for resuming).
+            LockTimeoutError: another process held the download too long.
+        """
+        path = self.object_path(version.sha256)
+        if not os.path.exists(path):
+            lock = os.path.join(self.root, "locks", version.sha256 + ".lock")
+            with self._flock(lock, self.config.lock_timeout):
+                if not os.path.exists(path):
+                    self._download(source, version, progress)
+        self.record(model, version)
+        return path
+
+    def _download(self, source: Source, version: Version, progress: Optional[Progress]) -> None:
+        part, meta = self._partial(version.sha256)
+        description = {"url": version.url, "etag": None, "size": version.size}
+        have = 0
+        if os.path.exists(part) and os.path.exists(meta):
+            with contextlib.suppress(OSError, ValueError):
+                with open(meta) as f:
+                    old = json.load(f)
+                if old.get("url") == version.url and old.get("size") == version.size:
+                    description["etag"] = old.get("etag")
+                    have = os.path.getsize(part)
+        if have > version.size:
+            have = 0
+        free = shutil.disk_usage(self.root).free
+        needed = version.size - have + self.config.disk_margin_bytes
+        if free < needed:
+            raise DiskFullError(f"{self.root}: expected {needed} bytes free for {version.url} "
+                                f"(size {version.size} + margin {self.config.disk_margin_bytes}), "
+                                f"found {free}")
+        atomic_write(meta, json.dumps(description).encode())
+        hasher = hashlib.sha256()
+        with open(part, "a+b") as f:
+            f.truncate(have)
+            f.seek(0)
+            for block in iter(lambda: f.read(1 << 20), b""):  # resuming: hash what is already here
+                hasher.update(block)
+            f.seek(have)
+            writer = _Writer(f, hasher, version, progress, have)
+            deadline = time.monotonic() + self.config.deadline
+            with_retries(lambda: self._attempt(source, version, writer, description, meta, deadline),
+                         self.config, deadline)
+            f.flush()
+            os.fsync(f.fileno())
+        if writer.hasher.hexdigest() != version.sha256:
+            self._discard(version.sha256)
+            raise HashMismatchError(f"{version.url}: expected sha256 {version.sha256}, got "
+                                    f"{writer.hasher.hexdigest()}")
+        os.replace(part, self.object_path(version.sha256))
+        fsync_dir(os.path.join(self.root, "objects"))
+        with contextlib.suppress(OSError):
+            os.unlink(meta)
+
+    def _attempt(self, source: Source, version: Version, writer: "_Writer", description: dict,
+                 meta: str, deadline: float) -> None:
+        if writer.done == version.size:
+            return
+        try:
+            stream = source.open(version.url, writer.done, description["etag"], self.config)
+        except RangeNotSatisfiable:
+            writer.restart()  # nothing there at our offset: the file changed; start over
+            stream = source.open(version.url, 0, None, self.config)
+        try:
+            if stream.start != writer.done:
+                writer.restart()
+            if stream.etag != description["etag"]:
+                description["etag"] = stream.etag
+                atomic_write(meta, json.dumps(description).encode())
+            if stream.total is not None and stream.total > version.size:
+                self._discard(version.sha256)
+                raise SizeExceededError(f"{version.url}: expected {version.size} bytes, the source "
+                                        f"announces {stream.total}")
+            for chunk in stream.chunks:
+                writer.write(chunk, self._discard)
+                if time.monotonic() > deadline:
+                    raise DownloadTimeoutError(f"{version.url}: not finished within the "
+                                               f"{self.config.deadline:g} s deadline "
+                                               f"({writer.done} of {version.size} bytes)")
+        finally:
+            stream.close()
+        if writer.done < version.size:
+            error = TransportError(f"{version.url}: the source ended after {writer.done} of "
+                                   f"{version.size} bytes")
+            error.retryable = True  # type: ignore[attr-defined]
+            raise error
+
+    def _discard(self, sha256: str) -> None:
+        for path in self._partial(sha256):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    # ------------------------------------------------------------ retention
+
+    def prune(self) -> list[str]:
+        """Delete stored files except current, last-known-good and the ``keep`` newest per model.
+
+        Returns:
+            The sha256 of every file deleted.
+        """
+        with self._state_lock():
+            state = self._read_state()
+            wanted = set()
+            for m in state["models"].values():
+                newest = sorted(m["versions"].items(), key=lambda kv: kv[1]["stored_at"], reverse=True)
+                keepers = {m["current"], m["last_known_good"]} | {v for v, _ in newest[:self.keep]}
+                for version in list(m["versions"]):
+                    if version in keepers:
+                        wanted.add(m["versions"][version]["sha256"])
+                    else:
+                        del m["versions"][version]
+            removed = []
+            for name in os.listdir(os.path.join(self.root, "objects")):
+                if name not in wanted and not self._locked_by_other(name):
+                    os.unlink(self.object_path(name))
+                    removed.append(name)
+            self._write_state(state)
+        return removed
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that is writing ``<name>.<pid>.tmp`` still runs."""
+    try:
+        pid = int(tmp_name.rsplit(".", 2)[-2])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+class _Writer:
+    """Appends verified-as-it-goes bytes to the partial file."""
+
+    def __init__(self, f: Any, hasher: Any, version: Version, progress: Optional[Progress], have: int) -> None:
+        self.f = f
+        self.hasher = hasher
+        self.version = version
+        self.progress = progress
+        self.done = have
+
+    def restart(self) -> None:
+        self.f.seek(0)
+        self.f.truncate(0)
+        self.hasher = hashlib.sha256()
+        self.done = 0
+
+    def write(self, chunk: bytes, discard: Callable[[str], None]) -> None:
+        room = self.version.size - self.done
+        if len(chunk) > room:  # stop at the first byte over
+            discard(self.version.sha256)
+            raise SizeExceededError(f"{self.version.url}: expected {self.version.size} bytes, got "
+                                    f"at least {self.done + room + 1}")
+        self.f.write(chunk)
+        self.hasher.update(chunk)
+        self.done += len(chunk)
+        if self.progress is not None:
+            self.progress(self.done, self.version.size)
