@@ -2,6 +2,7 @@
 # Set up both backend environments and print the benchmark table for each.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
+ensure_test_tools
 for backend in tflite-runtime litert; do
     env_name="${backend%-runtime}"
     [ -x "$ROOT/.venv-$env_name/bin/pytest" ] || make_env "$env_name"

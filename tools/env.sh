@@ -31,6 +31,15 @@ ensure_python_build_deps() {
     if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then apt_install "python$version-venv"; fi
 }
 
+ensure_test_tools() {
+    # The delivery tests serve a repository with a real nginx on loopback, and
+    # the download benchmark compares against curl.
+    local missing=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v curl >/dev/null || missing+=(curl)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 build_wheel() {
     # One wheel for both environments: the extensions use no numpy C API.
     if [ -z "${WHEEL:-}" ]; then

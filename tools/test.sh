@@ -2,6 +2,7 @@
 # Set up both backend environments and run the whole test suite in each.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
+ensure_test_tools
 status=0
 for backend in tflite-runtime litert; do
     env_name="${backend%-runtime}"
