@@ -81,6 +81,18 @@ def main() -> int:
         ratio = two / one
         print(f"\nscaling, 2 callers on conv_heavy: workers=1 {one:.1f}/s, workers=2 {two:.1f}/s, "
               f"ratio {ratio:.2f} (target >= 1.7: {'yes' if ratio >= 1.7 else 'NO'})")
+    if "test_curl_to_file" in median and "test_store_fetch" in median:
+        mb = 50 * 1024 * 1024 / 1e6
+        ours, curl = mb / median["test_store_fetch"], mb / median["test_curl_to_file"]
+        print(f"\ndownload 50 MB from nginx on loopback: store.fetch {ours:.0f} MB/s (hashed, fsynced), "
+              f"curl {curl:.0f} MB/s, ratio {ours / curl:.2f} (target >= 0.8: {'yes' if ours / curl >= 0.8 else 'NO'})")
+    for b in report["benchmarks"]:
+        if b["group"] == "download-resume":
+            e = b["extra_info"]
+            print(f"{b['name']}: {e['bytes_transferred']:,} bytes for a {e['file_size']:,}-byte file, "
+                  f"ratio {e['ratio']:.3f}" + (" (target <= 1.05: " + ("yes)" if e["ratio"] <= 1.05 else "NO)")
+                                              if "server_cut" in b["name"] else " (includes bytes lost in "
+                                              "socket buffers at the interruption)"))
     return code
 
 

@@ -45,7 +45,7 @@ class FetchConfig:
     max_attempts: int = 5
     backoff_base: float = 0.25
     backoff_max: float = 30.0
-    chunk_bytes: int = 256 * 1024
+    chunk_bytes: int = 1024 * 1024
     manifest_max_bytes: int = 16 * 1024 * 1024
     disk_margin_bytes: int = 64 * 1024 * 1024
     lock_timeout: float = 600.0
@@ -244,8 +244,9 @@ class HTTPSource(Source):
         def chunks() -> Iterator[bytes]:
             while True:
                 try:
-                    chunk = response.read1(config.chunk_bytes) if hasattr(response, "read1") \
-                        else response.read(config.chunk_bytes)
+                    # read1: whatever has arrived (up to chunk_bytes), so a slow
+                    # sender cannot hold a read past the deadline check.
+                    chunk = response.read1(config.chunk_bytes)
                 except socket.timeout as e:
                     raise _retryable(DownloadTimeoutError(f"GET {url}: no data for "
                                                           f"{config.read_timeout:g} s"), True) from e

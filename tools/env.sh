@@ -35,7 +35,7 @@ ensure_test_tools() {
     # The delivery tests serve a repository with a real nginx on loopback, and
     # the download benchmark compares against curl.
     local missing=()
-    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     command -v curl >/dev/null || missing+=(curl)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
