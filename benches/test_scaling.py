@@ -1,12 +1,15 @@
 """Throughput of workers=2 beside workers=1, two caller threads, compute-heavy model."""
 
-import threading
-import time
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import model_path
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+from load import run_callers  # noqa: E402
 from tflite_hotswap import Runtime
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float32)
@@ -14,23 +17,8 @@ IMAGE = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float
 
 def _throughput(workers: int, seconds: float = 4.0) -> float:
     with Runtime(model_path("conv_heavy"), workers=workers, num_threads=1, wait_timeout=60) as rt:
-        counts = [0, 0]
-        stop = threading.Event()
-
-        def caller(k):
-            while not stop.is_set():
-                rt.run(IMAGE)
-                counts[k] += 1
-
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        stop.wait(seconds)
-        stop.set()
-        for t in threads:
-            t.join()
-        return sum(counts) / (time.perf_counter() - start)
+        results, _, elapsed = run_callers(rt, IMAGE, seconds)
+    return len(results) / elapsed
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -6,50 +6,29 @@ import numpy as np
 import pytest
 
 from conftest import model_path
+from load import run_callers
 from tflite_hotswap import Runtime, RuntimeBusyError
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float32)
 
 
-def _hammer(rt, seconds, results, errors):
-    stop = threading.Event()
-
-    def caller():
-        while not stop.is_set():
-            try:
-                results.append(rt.run(IMAGE))
-            except RuntimeBusyError as e:
-                errors.append(e)
-
-    threads = [threading.Thread(target=caller) for _ in range(2)]
-    for t in threads:
-        t.start()
-    stop.wait(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-
-
 def test_two_workers_serve_two_callers_without_waiting():
-    results, errors = [], []
     with Runtime(model_path("conv_heavy"), workers=2, num_threads=1, wait_timeout=0.002) as rt:
-        _hammer(rt, 1.0, results, errors)
+        results, errors, _ = run_callers(rt, IMAGE, 1.0, catch=(RuntimeBusyError,))
     assert not errors and len(results) >= 4
     assert all(np.array_equal(r, results[0]) for r in results)
 
 
 def test_caller_beyond_workers_gives_up_after_wait_timeout():
-    results, errors = [], []
     with Runtime(model_path("conv_heavy"), workers=1, num_threads=1, wait_timeout=0.002) as rt:
-        _hammer(rt, 1.0, results, errors)
+        results, errors, _ = run_callers(rt, IMAGE, 1.0, catch=(RuntimeBusyError,))
     assert errors and results
     assert "all 1 worker(s) stayed busy for 0.002 s" in str(errors[0])
 
 
 def test_caller_beyond_workers_waits_and_succeeds():
-    results, errors = [], []
     with Runtime(model_path("conv_heavy"), workers=1, num_threads=1, wait_timeout=30) as rt:
-        _hammer(rt, 1.0, results, errors)
+        results, errors, _ = run_callers(rt, IMAGE, 1.0, catch=(RuntimeBusyError,))
         assert rt.stats()[rt.info.version].errors == 0
     assert not errors and len(results) >= 4
 

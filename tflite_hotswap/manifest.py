@@ -224,6 +224,8 @@ def _model(obj: _Obj) -> ModelEntry:
     channels = obj.take("channels", dict)
     for channel, vid in channels.items():
         _check_name(channel, f"{obj.where}.channels key")
+        if not isinstance(vid, str):
+            raise ManifestError(f"{obj.where}.channels[{channel!r}]: expected str, got {type(vid).__name__}")
         _check_listed(vid, versions, f"{obj.where}.channels[{channel!r}]")
     rollout = None
     raw = obj.take("rollout", dict, optional=True)

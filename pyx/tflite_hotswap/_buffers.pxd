@@ -53,7 +53,7 @@ cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) n
 cdef str shape_of(const Py_buffer* view)
 cdef str shape_text(const Py_ssize_t* shape, int ndim)
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,
-                     object name, object found_shape) except -1
+                     object name) except -1
 cdef int gather_input(const Kernel* k, object samples, const Py_ssize_t* sample_shape, int ndim,
                       char* dst, object name) except -1
 cdef int read_output(const Py_buffer* src, object out, object name) except -1

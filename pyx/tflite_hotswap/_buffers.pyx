@@ -126,23 +126,32 @@ cdef inline int _quantize(float v, const Kernel* k) noexcept nogil:
     return i + (frac >= 0.5) - (frac <= -0.5)
 
 
-cdef void _affine_contig(const src_t* src, Py_ssize_t n, dst_t* dst, const Kernel* k,
-                         Py_ssize_t j) noexcept nogil:
-    cdef Py_ssize_t i = 0, jj, L = k.period
-    cdef const float* a = k.a
-    cdef const float* b = k.b
+cdef inline void _affine_span(const src_t* src, Py_ssize_t n, dst_t* dst, const Kernel* k,
+                              Py_ssize_t j) noexcept nogil:
+    """Element by element, the coefficient index j wrapping at the period."""
+    cdef Py_ssize_t i
     cdef float v
-    # Head: run up to the start of a coefficient cycle.
-    while i < n and j != 0:
-        v = <float>src[i] * a[j] + b[j]
+    for i in range(n):
+        v = <float>src[i] * k.a[j] + k.b[j]
         if dst_t is float:
             dst[i] = v
         else:
             dst[i] = <dst_t>_quantize(v, k)
-        i += 1
         j += 1
-        if j == L:
+        if j == k.period:
             j = 0
+
+
+cdef void _affine_contig(const src_t* src, Py_ssize_t n, dst_t* dst, const Kernel* k,
+                         Py_ssize_t j) noexcept nogil:
+    cdef Py_ssize_t i, jj, L = k.period
+    cdef Py_ssize_t head = min(n, (L - j) % L)
+    cdef const float* a = k.a
+    cdef const float* b = k.b
+    cdef float v
+    # Head: up to the start of a coefficient cycle.
+    _affine_span(src, head, dst, k, j)
+    i = head
     # Body: whole cycles; the fixed inner trip count lets the compiler vectorise.
     while i + L <= n:
         for jj in range(L):
@@ -152,15 +161,7 @@ cdef void _affine_contig(const src_t* src, Py_ssize_t n, dst_t* dst, const Kerne
             else:
                 dst[i + jj] = <dst_t>_quantize(v, k)
         i += L
-    jj = 0
-    while i < n:
-        v = <float>src[i] * a[jj] + b[jj]
-        if dst_t is float:
-            dst[i] = v
-        else:
-            dst[i] = <dst_t>_quantize(v, k)
-        i += 1
-        jj += 1
+    _affine_span(src + i, n - i, dst + i, k, 0)
 
 
 cdef void _affine_from(const src_t* src, Py_ssize_t n, char* dst, const Kernel* k,
@@ -316,12 +317,12 @@ cdef str shape_text(const Py_ssize_t* shape, int ndim):
 
 
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,
-                     object name, object found_shape) except -1:
+                     object name) except -1:
     """Check src against (dtype, shape) and write it into dst.
 
     Returns 0 when written, 1 (writing nothing) when only the shape differs, so
-    the caller can pick an allocation for that shape; found_shape, a list, then
-    receives the source shape.  Raises InputError for anything else.
+    the caller can pick an allocation for that shape.  Raises InputError for
+    anything else.
     """
     cdef Py_buffer view
     cdef int code
@@ -330,7 +331,6 @@ cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int n
     try:
         code = check_dtype(k, &view, name)
         if not same_shape(&view, shape, ndim):
-            found_shape.extend([view.shape[d] for d in range(view.ndim)])
             return 1
         nbytes = view.len
         if nbytes >= NOGIL_BYTES:

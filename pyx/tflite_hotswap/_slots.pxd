@@ -37,6 +37,7 @@ cdef class Bound:
     cdef tuple output_names
     cdef tuple output_indices
     cdef list output_views
+    cdef object copy_single      # output_views[0].copy, bound once (single-output models)
     cdef bint dynamic
     cdef readonly tuple shape_key
     cdef _set_kernel(self, int i, object spec)
@@ -72,3 +73,4 @@ cdef class SlotTable:
     cdef list slots
     cdef public double wait_timeout
     cdef int enter(self) except -1
+    cdef object _call(self, object arg, object out, bint batch)

@@ -232,6 +232,7 @@ cdef class Bound:
             # does not refuse to run while views exist.
             self.output_views = [self.wrapper.tensor(self.wrapper, i, self.subgraph)
                                  for i in self.output_indices]
+            self.copy_single = self.output_views[0].copy if len(self.output_views) == 1 else None
         return 0
 
     def warm_up(self) -> None:
@@ -250,6 +251,7 @@ cdef class Bound:
     def release(self) -> None:
         """Drop views first, then the interpreter (the wrapper must outlive its views)."""
         self.output_views = None
+        self.copy_single = None
         self.invoke = None
         self.wrapper = None
         self.interpreter = None
@@ -258,18 +260,15 @@ cdef class Bound:
         """Write the call's inputs; return None, or the inputs' shape key if it differs."""
         cdef InputBinding* b
         cdef int i
-        found = []
         if self.n_inputs == 1 and not isinstance(inputs, dict):
             b = &self.inputs[0]
-            if write_input(&b.kernel, inputs, b.shape, b.ndim, b.address,
-                           self.input_names[0], found):
-                return (tuple(found),)
+            if write_input(&b.kernel, inputs, b.shape, b.ndim, b.address, self.input_names[0]):
+                return shape_key_of([inputs], self.input_names)
             return None
         arrays = self._by_name(inputs)
         for i in range(self.n_inputs):
             b = &self.inputs[i]
-            if write_input(&b.kernel, arrays[i], b.shape, b.ndim, b.address,
-                           self.input_names[i], found):
+            if write_input(&b.kernel, arrays[i], b.shape, b.ndim, b.address, self.input_names[i]):
                 return shape_key_of(arrays, self.input_names)
         return None
 
@@ -317,7 +316,7 @@ cdef class Bound:
         if out is None:
             if not self.dynamic:
                 if n == 1:
-                    return self.output_views[0].copy()
+                    return self.copy_single()
                 results = [v.copy() for v in self.output_views]
             else:
                 results = [self.wrapper.GetTensor(i, self.subgraph) for i in self.output_indices]
@@ -509,33 +508,24 @@ cdef class SlotTable:
                                        f"(a resource-policy swap is still loading)")
 
     def run(self, inputs, *, out=None):
-        cdef uint64_t t0 = now_ns()
-        cdef int s = self.enter()
-        cdef Slot slot = <Slot>self.slots[s]
-        cdef int w
-        cdef bint failed = True
-        try:
-            w = slot.claim(self.wait_timeout)
-            try:
-                result = (<Worker>slot.workers[w]).call(inputs, out)
-                failed = False
-                return result
-            finally:
-                slot.release(w)
-        finally:
-            atomic_add(&self.readers[s], -1)
-            slot.stats.record(now_ns() - t0, failed)
+        return self._call(inputs, out, False)
 
     def run_batch(self, samples, *, out=None):
+        return self._call(samples, out, True)
+
+    cdef object _call(self, object arg, object out, bint batch):
+        """One call: enter the current slot, claim a worker, run, count it."""
         cdef uint64_t t0 = now_ns()
         cdef int s = self.enter()
         cdef Slot slot = <Slot>self.slots[s]
+        cdef Worker worker
         cdef int w
         cdef bint failed = True
         try:
             w = slot.claim(self.wait_timeout)
             try:
-                result = (<Worker>slot.workers[w]).call_batch(samples, out)
+                worker = <Worker>slot.workers[w]
+                result = worker.call_batch(arg, out) if batch else worker.call(arg, out)
                 failed = False
                 return result
             finally:
