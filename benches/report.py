@@ -81,6 +81,11 @@ def main() -> int:
         ratio = two / one
         print(f"\nscaling, 2 callers on conv_heavy: workers=1 {one:.1f}/s, workers=2 {two:.1f}/s, "
               f"ratio {ratio:.2f} (target >= 1.7: {'yes' if ratio >= 1.7 else 'NO'})")
+    costs = {b["name"]: b["stats"]["median"] * 1e3 for b in report["benchmarks"] if b["group"] == "swap-cost"}
+    if costs:
+        print("\nswap of a 0.5 MB model (median ms): " + ", ".join(
+            f"{name.split('[')[-1].rstrip(']') if '[' in name else 'known model, cached verdict'} {ms:.1f}"
+            for name, ms in costs.items()))
     if "test_curl_to_file" in median and "test_store_fetch" in median:
         mb = 50 * 1024 * 1024 / 1e6
         ours, curl = mb / median["test_store_fetch"], mb / median["test_curl_to_file"]

@@ -73,8 +73,9 @@ def test_golden_sample(tmp_path):
 def test_repo_show_command(tmp_path):
     repo = str(tmp_path / "repo")
     publish(repo, model_path("version_1"), model="det", version="v1", channel="stable")
+    # cwd away from the source tree: the installed package is the one under test.
     result = subprocess.run([sys.executable, "-m", "tflite_hotswap.cli", "repo", "show", repo],
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, check=True, cwd=tmp_path)
     assert "model det" in result.stdout and "stable" in result.stdout
     doc = json.loads(open(os.path.join(repo, "manifest.json")).read())
     assert doc["schema_version"] == 1 and doc["serial"] == 1

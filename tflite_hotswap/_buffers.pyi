@@ -1,11 +1,9 @@
 """Typed stubs for the buffer kernels (pyx/tflite_hotswap/_buffers.pyx)."""
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from ._typing import Buffer
 
-def dtype_code_of(name: str) -> int: ...
-def dtype_name_of(code: int) -> str: ...
 def affine_into(src: Buffer, dst: Buffer, a: Optional[Sequence[float]] = ...,
                 b: Optional[Sequence[float]] = ..., zero_point: float = ...) -> None:
     """Write src into dst through the fused kernel (plain copy without coefficients).

@@ -131,9 +131,11 @@ class Store:
                         os.unlink(os.path.join(folder, name))
         partial = os.path.join(self.root, "partial")
         for name in os.listdir(partial):
-            stem, ext = os.path.splitext(name)
-            other = os.path.join(partial, stem + (".json" if ext == ".part" else ".part"))
-            if not os.path.exists(other) and not self._locked_by_other(stem):
+            sha256, _, ext = name.partition(".")
+            if ext not in ("part", "json"):
+                continue  # another process's temporary file (handled above)
+            other = os.path.join(partial, f"{sha256}.{'json' if ext == 'part' else 'part'}")
+            if not os.path.exists(other) and not self._locked_by_other(sha256):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(partial, name))
         for name in os.listdir(os.path.join(self.root, "objects")):

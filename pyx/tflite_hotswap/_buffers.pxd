@@ -51,7 +51,6 @@ cdef int acquire(object obj, Py_buffer* view, object name) except -1
 cdef int check_dtype(const Kernel* k, const Py_buffer* view, object name) except -1
 cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) noexcept
 cdef str shape_of(const Py_buffer* view)
-cdef str shape_text(const Py_ssize_t* shape, int ndim)
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,
                      object name) except -1
 cdef int gather_input(const Kernel* k, object samples, const Py_ssize_t* sample_shape, int ndim,

@@ -20,7 +20,6 @@ cdef Py_ssize_t NOGIL_BYTES = 64 * 1024
 
 cdef tuple DTYPE_NAMES = ("unknown", "bool", "uint8", "int8", "uint16", "int16", "uint32",
                           "int32", "uint64", "int64", "float16", "float32", "float64")
-cdef dict CODES_BY_NAME = {name: code for code, name in enumerate(DTYPE_NAMES)}
 
 cdef int _ONE = 1
 cdef bint LITTLE_ENDIAN = (<const char*>&_ONE)[0] == 1
@@ -65,16 +64,6 @@ cdef Py_ssize_t itemsize_of(int code) noexcept nogil:
     if code == DT_U64 or code == DT_I64 or code == DT_F64:
         return 8
     return 0
-
-
-def dtype_code_of(name: str) -> int:
-    """The kernel's code for a numpy dtype name (0 when unsupported)."""
-    return CODES_BY_NAME.get(name, DT_UNKNOWN)
-
-
-def dtype_name_of(int code) -> str:
-    """The numpy dtype name for a kernel dtype code."""
-    return DTYPE_NAMES[code] if 0 <= code < len(DTYPE_NAMES) else "unknown"
 
 
 cdef bint is_contiguous(const Py_buffer* view) noexcept nogil:
@@ -310,10 +299,6 @@ cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) n
 
 cdef str shape_of(const Py_buffer* view):
     return _shape_str(view.shape, view.ndim)
-
-
-cdef str shape_text(const Py_ssize_t* shape, int ndim):
-    return _shape_str(shape, ndim)
 
 
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,

@@ -19,7 +19,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport usleep
 
 from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, dtype_code, gather_input,
-                                      read_output, shape_text, write_input)
+                                      read_output, write_input)
 
 from tflite_hotswap.errors import (InferenceError, InputError, RuntimeBusyError,
                                    RuntimeClosedError)
@@ -381,9 +381,6 @@ cdef class Worker:
     def shape_keys(self) -> list:
         return list(self.by_shape)
 
-    def bounds(self) -> list:
-        return list(self.by_shape.values())
-
     def release(self) -> None:
         for bound in self.by_shape.values():
             bound.release()
@@ -545,14 +542,8 @@ cdef class SlotTable:
         """Make no slot current (a gap, or closed); return the old index."""
         return atomic_exchange(&self.current, SLOT_CLOSED if close else SLOT_EMPTY)
 
-    def _current_index(self) -> int:
-        return atomic_load(&self.current)
-
     def _readers(self, int index) -> int:
         return atomic_load(&self.readers[index])
-
-    def _slot(self, int index):
-        return self.slots[index]
 
     def _take(self, int index):
         """Remove and return the slot at index (its readers must have drained)."""
