@@ -42,9 +42,11 @@ def _meets(value: float, target: str) -> bool:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.json")
+        # cwd outside the repository: "python -m" puts cwd first on sys.path,
+        # and the installed package, not the source tree, is what is measured.
         code = subprocess.call([sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider",
                                 f"--benchmark-json={out}", "--benchmark-disable-gc",
-                                "--benchmark-columns=median,iqr,rounds", *sys.argv[1:]])
+                                "--benchmark-columns=median,iqr,rounds", *sys.argv[1:]], cwd=tmp)
         if not os.path.exists(out):
             return code or 1
         with open(out) as f:

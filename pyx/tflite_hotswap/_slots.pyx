@@ -505,9 +505,45 @@ cdef class SlotTable:
                                        f"(a resource-policy swap is still loading)")
 
     def run(self, inputs, *, out=None):
+        """Run one inference on the serving model; lock-free, whole on one version.
+
+        Args:
+            inputs: an array for a single-input model, or a mapping of input
+                name to array, each of the input's dtype and shape (with a
+                Normalize preprocess: uint8, int8, float32 or float64).  A
+                dimension the model leaves open (-1) may take any size.
+            out: optional array (single output) or dict of arrays to fill;
+                then nothing is allocated and ``out`` is returned.
+
+        Returns:
+            An array for a single-output model, else a dict by output name.
+
+        Raises:
+            InputError: wrong name, shape, dtype or type of an input or ``out``.
+            InferenceError: the backend failed while running.
+            RuntimeClosedError: the runtime is closed.
+            RuntimeBusyError: no worker (or, during a resource-policy swap, no
+                model) became available within ``wait_timeout``.
+        """
         return self._call(inputs, out, False)
 
     def run_batch(self, samples, *, out=None):
+        """Gather per-sample inputs straight into the batch tensor and run once.
+
+        Args:
+            samples: per-sample arrays (single-input model) or mappings, each
+                without the batch dimension; a dynamic batch dimension is
+                resized to ``len(samples)`` (one allocation kept per size).
+            out: as for :meth:`run`.
+
+        Returns:
+            As for :meth:`run`, with the batch dimension first.
+
+        Raises:
+            InputError: empty or non-sequence ``samples``, a sample of the
+                wrong shape or dtype, or a batch size the model cannot take.
+            InferenceError, RuntimeClosedError, RuntimeBusyError: as for run.
+        """
         return self._call(samples, out, True)
 
     cdef object _call(self, object arg, object out, bint batch):
