@@ -61,7 +61,7 @@ def test_nginx_conditional_manifest_get(repo_on_nginx, tmp_path):
     manifest, changed = store.refresh_manifest(open_source(server.url))
     assert changed and manifest.models["det"].channels == {"stable": "v1"}
     again, changed = store.refresh_manifest(open_source(server.url))
-    assert not changed and again == manifest
+    assert not changed and again is manifest  # 304: the parsed manifest is reused as is
     assert [status for uri, status, _ in server.transfers() if uri == "/manifest.json"] == [200, 304]
 
 

@@ -103,6 +103,7 @@ class Store:
         self.root = os.path.abspath(root)
         self.keep = keep
         self.config = config
+        self._manifest: Optional[tuple[Optional[str], Manifest]] = None  # (ETag, parsed)
         try:
             for sub in ("objects", "partial", "locks"):
                 os.makedirs(os.path.join(self.root, sub), exist_ok=True)
@@ -270,8 +271,12 @@ class Store:
         deadline = time.monotonic() + self.config.deadline
         data, new_etag = with_retries(lambda: source.manifest(etag, self.config), self.config, deadline)
         if data is None:
-            with open(stored, "rb") as f:
-                return parse_manifest(f.read()), False
+            if self._manifest is not None and self._manifest[0] == etag:
+                return self._manifest[1], False  # not modified: nothing re-parsed
+            with open(stored, "rb") as f:  # first look in this process
+                manifest = parse_manifest(f.read())
+            self._manifest = (etag, manifest)
+            return manifest, False
         with self._state_lock():
             state = self._read_state()
             manifest = parse_manifest(data, min_serial=state.get("max_serial"))
@@ -279,6 +284,7 @@ class Store:
             state["max_serial"] = manifest.serial
             state["manifest_etag"] = new_etag
             self._write_state(state)
+        self._manifest = (new_etag, manifest)
         return manifest, True
 
     # ------------------------------------------------------------ download

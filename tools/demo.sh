@@ -2,4 +2,7 @@
 # Set up .venv-tflite and run the demo (a live hot-swap under an inference loop).
 source "$(dirname "$0")/env.sh"
 make_env tflite
+# Run from inside the venv folder: "python -m" puts the current folder first on
+# sys.path, and from the repository root the uncompiled source tree would win.
+cd "$ROOT/.venv-tflite"
 exec "$ROOT/.venv-tflite/bin/python" -m tflite_hotswap.demo "$@"
