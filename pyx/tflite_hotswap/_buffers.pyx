@@ -34,28 +34,17 @@ cdef int dtype_code(const char* fmt, Py_ssize_t itemsize) noexcept:
         fmt += 1
     if fmt[0] == 0 or fmt[1] != 0:
         return DT_UNKNOWN
-    cdef int code
-    c = fmt[0]
-    if c == b'?':
-        code = DT_BOOL
-    elif c == b'B':
-        code = DT_U8
-    elif c == b'b':
-        code = DT_I8
-    elif c == b'e':
-        code = DT_F16
-    elif c == b'f':
-        code = DT_F32
-    elif c == b'd':
-        code = DT_F64
-    elif c == b'h' or c == b'i' or c == b'l' or c == b'q':
+    cdef char c = fmt[0]
+    cdef int code = (DT_BOOL if c == b'?' else DT_U8 if c == b'B' else DT_I8 if c == b'b' else
+                     DT_F16 if c == b'e' else DT_F32 if c == b'f' else DT_F64 if c == b'd' else
+                     DT_UNKNOWN)
+    # Integer letters name C types whose size varies ('l' is 4 bytes on armv7l, 8 on
+    # aarch64): the itemsize decides.
+    if c in b"hilq":
         code = DT_I16 if itemsize == 2 else DT_I32 if itemsize == 4 else DT_I64
-    elif c == b'H' or c == b'I' or c == b'L' or c == b'Q':
+    elif c in b"HILQ":
         code = DT_U16 if itemsize == 2 else DT_U32 if itemsize == 4 else DT_U64
-    else:
-        return DT_UNKNOWN
-    # The size must agree with the format ('l' is 4 bytes on armv7l, 8 on aarch64).
-    return code if itemsize_of(code) == itemsize else DT_UNKNOWN
+    return code if code != DT_UNKNOWN and itemsize_of(code) == itemsize else DT_UNKNOWN
 
 
 cdef Py_ssize_t itemsize_of(int code) noexcept nogil:
