@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import numpy as np
 import pytest
 
 from tflite_hotswap import load_backend

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
-import os
 import pathlib
 import shutil
 import socket

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -12,6 +13,7 @@ from ._slots import Bound
 from .backend import Backend
 from .contract import Contract, contract_of, signature_of
 from .errors import InputError, InvalidModelError, MisuseError
+from .isolation import prove_loadable
 from .verify import verify_model
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -86,6 +88,22 @@ def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: Optio
     return interpreter, loaded
 
 
+def load_proven(backend: Backend, data: bytes, num_threads: Optional[int], signature: Optional[str],
+                isolate: bool) -> tuple[Any, LoadedModel, float]:
+    """Prove ``data`` loadable in isolation when ``isolate``, then :func:`inspect_model` it here.
+
+    Returns (interpreter, model, seconds spent proving it).
+
+    Raises:
+        InvalidModelError: if the isolated load crashed or the backend refuses it.
+        MisuseError: if ``signature`` does not exist or is ambiguous.
+    """
+    sha256 = hashlib.sha256(data).hexdigest()
+    probe_seconds = prove_loadable(backend.name, data, sha256, signature, num_threads) if isolate else 0.0
+    interpreter, model = inspect_model(backend, data, sha256, num_threads, signature)
+    return interpreter, model, probe_seconds
+
+
 def _has_dynamic_tensors(wrapper: Any, subgraph: int) -> bool:
     """Whether any tensor of the subgraph has a dimension of unknown size."""
     for i in range(wrapper.NumTensors(subgraph)):
@@ -102,6 +120,8 @@ def _has_dynamic_tensors(wrapper: Any, subgraph: int) -> bool:
 
 def check_shape_key(model: LoadedModel, key: ShapeKey) -> None:
     """Raises: InputError: if an input shape does not fit the model's contract."""
+    if len(key) != len(model.contract.inputs):
+        raise InputError(f"inputs: expected {len(model.contract.inputs)} shapes, got {len(key)}")
     for spec, shape in zip(model.contract.inputs, key):
         if len(shape) != len(spec.shape) or any(
                 want not in (-1, got) for want, got in zip(spec.shape, shape)):

@@ -181,7 +181,7 @@ def parse_manifest(data: bytes, *, min_serial: Optional[int] = None) -> Manifest
         raise SerialRollbackError(f"manifest.serial: expected >= {min_serial} (already seen), got {serial}")
     models = {}
     for name, value in obj.take("models", dict).items():
-        _check_name(name, "manifest.models key")
+        check_name(name, "manifest.models key")
         models[name] = _model(_Obj(value, f"manifest.models[{name!r}]"))
     obj.done()
     return Manifest(serial, models, schema)
@@ -219,11 +219,11 @@ class _Obj:
 def _model(obj: _Obj) -> ModelEntry:
     versions = {}
     for vid, value in obj.take("versions", dict).items():
-        _check_name(vid, f"{obj.where}.versions key")
+        check_name(vid, f"{obj.where}.versions key")
         versions[vid] = _version(vid, _Obj(value, f"{obj.where}.versions[{vid!r}]"))
     channels = obj.take("channels", dict)
     for channel, vid in channels.items():
-        _check_name(channel, f"{obj.where}.channels key")
+        check_name(channel, f"{obj.where}.channels key")
         if not isinstance(vid, str):
             raise ManifestError(f"{obj.where}.channels[{channel!r}]: expected str, got {type(vid).__name__}")
         _check_listed(vid, versions, f"{obj.where}.channels[{channel!r}]")
@@ -305,7 +305,7 @@ def _check_sha256(value: str, where: str) -> str:
     return value
 
 
-def _check_name(value: str, where: str) -> None:
+def check_name(value: str, where: str) -> None:
     if not isinstance(value, str) or not _NAME.match(value):
         raise ManifestError(f"{where}: expected 1-64 of [A-Za-z0-9._-] starting alphanumeric, got {value!r}")
 

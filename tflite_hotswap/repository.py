@@ -25,9 +25,8 @@ import numpy as np
 from .backend import load_backend
 from .errors import ManifestError, MisuseError
 from .fetch import MANIFEST_NAME
-from .isolation import prove_loadable
-from .loader import inspect_model, read_model
-from .manifest import Golden, Manifest, ModelEntry, Rollout, Version, _check_name, parse_manifest
+from .loader import load_proven, read_model
+from .manifest import Golden, Manifest, ModelEntry, Rollout, Version, check_name, parse_manifest
 from .store import atomic_write
 
 
@@ -70,17 +69,15 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: Op
     """
     for value, what in ((model, "model"), (version, "version")) + (((channel, "channel"),) if channel else ()):
         try:
-            _check_name(value, what)
+            check_name(value, what)
         except ManifestError as e:
             raise MisuseError(str(e)) from None
     if rollout is not None and not 0 <= rollout <= 100:
         raise MisuseError(f"rollout: expected a percentage from 0 to 100, got {rollout}")
     data = read_model(model_file)
-    sha256 = hashlib.sha256(data).hexdigest()
     chosen = load_backend(backend)
-    if not chosen.verifies_models:
-        prove_loadable(chosen.name, data, sha256)
-    _, loaded = inspect_model(chosen, data, sha256, None, None)
+    _, loaded, _ = load_proven(chosen, data, None, None, isolate=not chosen.verifies_models)
+    sha256 = loaded.sha256
     os.makedirs(os.path.join(repo, "models", model), exist_ok=True)
     with _publish_lock(repo):
         manifest = load_manifest(repo)

@@ -47,6 +47,7 @@ cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
 cdef void write_contiguous(const Kernel* k, const char* src, int src_code,
                            Py_ssize_t n, char* dst, Py_ssize_t j0) noexcept nogil
 
+cdef int set_affine(Kernel* k, object a, object b, float lo, float hi, float nan_value) except -1
 cdef int acquire(object obj, Py_buffer* view, object name) except -1
 cdef int check_dtype(const Kernel* k, const Py_buffer* view, object name) except -1
 cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) noexcept

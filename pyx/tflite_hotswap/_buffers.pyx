@@ -381,6 +381,23 @@ cdef int read_output(const Py_buffer* src, object out, object name) except -1:
         PyBuffer_Release(&view)
 
 
+cdef int set_affine(Kernel* k, object a, object b, float lo, float hi, float nan_value) except -1:
+    """Point k at the coefficient cycles a and b (float32 buffers the caller keeps alive)."""
+    cdef const float[::1] av = a
+    cdef const float[::1] bv = b
+    if av.shape[0] != bv.shape[0] or av.shape[0] == 0:
+        raise InputError(f"coefficients: expected a and b of one equal, non-zero length, "
+                         f"got {av.shape[0]} and {bv.shape[0]}")
+    k.affine = True
+    k.a = &av[0]
+    k.b = &bv[0]
+    k.period = av.shape[0]
+    k.lo = lo
+    k.hi = hi
+    k.nan_value = nan_value
+    return 0
+
+
 # ------------------------------------------------------ Python-level kernels
 
 cdef class _Coefficients:
@@ -389,27 +406,17 @@ cdef class _Coefficients:
     cdef object a_bytes, b_bytes
 
     def __init__(self, int dst, a=None, b=None, float zero_point=0.0):
-        cdef const float[::1] av
-        cdef const float[::1] bv
         self.k.dst = dst
-        self.k.affine = a is not None
-        if not self.k.affine:
+        self.k.affine = False
+        if a is None:
             return
+        if dst not in (DT_F32, DT_I8, DT_U8):
+            raise InputError(f"affine destination: expected float32, int8 or uint8, got {DTYPE_NAMES[dst]}")
         import array
         self.a_bytes = array.array("f", a)
         self.b_bytes = array.array("f", b)
-        if len(self.a_bytes) != len(self.b_bytes) or len(self.a_bytes) == 0:
-            raise InputError(f"coefficients: expected a and b of one equal, non-zero length, "
-                             f"got {len(self.a_bytes)} and {len(self.b_bytes)}")
-        if dst not in (DT_F32, DT_I8, DT_U8):
-            raise InputError(f"affine destination: expected float32, int8 or uint8, got {DTYPE_NAMES[dst]}")
-        av = self.a_bytes
-        bv = self.b_bytes
-        self.k.a = &av[0]
-        self.k.b = &bv[0]
-        self.k.period = len(self.a_bytes)
-        self.k.lo, self.k.hi = (-128.0, 127.0) if dst == DT_I8 else (0.0, 255.0)
-        self.k.nan_value = zero_point
+        lo, hi = (-128.0, 127.0) if dst == DT_I8 else (0.0, 255.0)
+        set_affine(&self.k, self.a_bytes, self.b_bytes, lo, hi, zero_point)
 
 
 cdef int _writable(object dst, Py_buffer* view) except -1:

@@ -18,7 +18,6 @@ cdef struct InputBinding:
 
 cdef class LatencyStats:
     cdef uint64_t buckets[N_BUCKETS]
-    cdef uint64_t calls
     cdef uint64_t errors
     cdef uint64_t max_ns
     cdef uint64_t total_ns

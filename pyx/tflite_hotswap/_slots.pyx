@@ -19,7 +19,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport usleep
 
 from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, dtype_code, gather_input,
-                                      read_output, write_input)
+                                      read_output, set_affine, write_input)
 
 from tflite_hotswap.errors import (InferenceError, InputError, RuntimeBusyError,
                                    RuntimeClosedError)
@@ -108,7 +108,6 @@ cdef class LatencyStats:
     """
 
     cdef void record(self, uint64_t ns, bint failed) noexcept nogil:
-        atomic_count(&self.calls, 1)
         if failed:
             atomic_count(&self.errors, 1)
         atomic_count(&self.total_ns, ns)
@@ -124,7 +123,7 @@ cdef class LatencyStats:
             counts[b] = atomic_load_u64(&self.buckets[b])
             total += counts[b]
         max_ns = atomic_load_u64(&self.max_ns)
-        result = {"calls": atomic_load_u64(&self.calls), "errors": atomic_load_u64(&self.errors),
+        result = {"calls": total, "errors": atomic_load_u64(&self.errors),
                   "max_us": max_ns / 1e3,
                   "mean_us": atomic_load_u64(&self.total_ns) / 1e3 / total if total else 0.0}
         for key, q in (("p50_us", 0.5), ("p99_us", 0.99), ("p999_us", 0.999)):
@@ -186,22 +185,11 @@ cdef class Bound:
             self.shape_key = self.input_shapes()
 
     cdef _set_kernel(self, int i, object spec):
-        cdef const float[::1] a
-        cdef const float[::1] b
-        cdef Kernel* k = &self.inputs[i].kernel
-        k.affine = spec is not None
-        if not k.affine:
-            return
-        a_arr, b_arr, lo, hi, nan_value = spec
-        a = a_arr
-        b = b_arr
-        self.keepalive.extend([a_arr, b_arr])
-        k.a = &a[0]
-        k.b = &b[0]
-        k.period = a.shape[0]
-        k.lo = lo
-        k.hi = hi
-        k.nan_value = nan_value
+        self.inputs[i].kernel.affine = False
+        if spec is not None:
+            a, b, lo, hi, nan_value = spec
+            self.keepalive.extend([a, b])
+            set_affine(&self.inputs[i].kernel, a, b, lo, hi, nan_value)
 
     def __dealloc__(self):
         free(self.inputs)
@@ -290,10 +278,11 @@ cdef class Bound:
     cdef int write_batch(self, object samples) except -1:
         cdef InputBinding* b
         cdef int i
+        rows = None if self.n_inputs == 1 and not isinstance(samples[0], dict) \
+            else [self._by_name(s) for s in samples]
         for i in range(self.n_inputs):
             b = &self.inputs[i]
-            column = samples if self.n_inputs == 1 and not isinstance(samples[0], dict) \
-                else [self._by_name(s)[i] for s in samples]
+            column = samples if rows is None else [row[i] for row in rows]
             gather_input(&b.kernel, column, b.shape + 1, b.ndim - 1, b.address, self.input_names[i])
         return 0
 
