@@ -12,8 +12,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests")
 from delivery_helpers import blob, version_for  # noqa: E402
 from servers import fault_server, nginx  # noqa: E402
 
-from tflite_hotswap.fetch import FetchConfig, open_source  # noqa: E402
-from tflite_hotswap.store import Store  # noqa: E402
+from tflite_hotswap.delivery.sources import FetchConfig, open_source  # noqa: E402
+from tflite_hotswap.delivery.store import Store  # noqa: E402
 
 SIZE = 50 * 1024 * 1024
 CONFIG = FetchConfig(disk_margin_bytes=0)

@@ -11,8 +11,8 @@ import pytest
 from conftest import raw_interpreter
 from tflite_hotswap import Normalize
 from tflite_hotswap._buffers import affine_into
-from tflite_hotswap.contract import contract_of
-from tflite_hotswap.preprocess import kernel_for
+from tflite_hotswap.serving.contract import contract_of
+from tflite_hotswap.serving.preprocess import kernel_for
 
 NORM = Normalize(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 BATCH = np.random.default_rng(0).integers(0, 256, size=(32, 224, 224, 3), dtype=np.uint8)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 
-from tflite_hotswap.contract import Contract
-from tflite_hotswap.fetch import FetchConfig
-from tflite_hotswap.manifest import Version
+from tflite_hotswap.serving.contract import Contract
+from tflite_hotswap.delivery.sources import FetchConfig
+from tflite_hotswap.delivery.manifest import Version
 
 # Short timeouts and backoff so fault tests finish quickly.
 FAST = FetchConfig(connect_timeout=2, read_timeout=1, deadline=20, max_attempts=4, backoff_base=0.01,

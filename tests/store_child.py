@@ -7,11 +7,11 @@
 import json
 import sys
 
-from tflite_hotswap.contract import Contract
-from tflite_hotswap.fetch import FetchConfig, open_source
-from tflite_hotswap.manifest import Version
-from tflite_hotswap.repository import publish
-from tflite_hotswap.store import Store
+from tflite_hotswap.serving.contract import Contract
+from tflite_hotswap.delivery.sources import FetchConfig, open_source
+from tflite_hotswap.delivery.manifest import Version
+from tflite_hotswap.delivery.repository import publish
+from tflite_hotswap.delivery.store import Store
 
 if sys.argv[1] == "fetch":
     _, _, root, url, model, version_json = sys.argv

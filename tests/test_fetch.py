@@ -9,8 +9,8 @@ from servers import fault_server, nginx
 from tflite_hotswap.errors import (DiskFullError, DownloadTimeoutError, HashMismatchError,
                                    HTTPStatusError, LockTimeoutError, SizeExceededError,
                                    TransportError)
-from tflite_hotswap.fetch import FetchConfig, open_source
-from tflite_hotswap.store import Store
+from tflite_hotswap.delivery.sources import FetchConfig, open_source
+from tflite_hotswap.delivery.store import Store
 
 DATA = blob(300_000, seed=1)
 VERSION = version_for(DATA)
@@ -53,7 +53,7 @@ def test_nginx_plain_download(repo_on_nginx, tmp_path):
 
 
 def test_nginx_conditional_manifest_get(repo_on_nginx, tmp_path):
-    from tflite_hotswap.repository import publish
+    from tflite_hotswap.delivery.repository import publish
     root, server = repo_on_nginx
     publish(str(root), os.path.join(os.path.dirname(__file__), "models", "version_1.tflite"),
             model="det", version="v1", channel="stable")

@@ -5,9 +5,9 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tflite_hotswap.contract import Contract, TensorSpec
+from tflite_hotswap.serving.contract import Contract, TensorSpec
 from tflite_hotswap.errors import DeliveryError, ManifestError, MisuseError, SerialRollbackError
-from tflite_hotswap.manifest import (Arm, Experiment, Golden, Manifest, ModelEntry, Rollout, Version,
+from tflite_hotswap.delivery.manifest import (Arm, Experiment, Golden, Manifest, ModelEntry, Rollout, Version,
                                      check_relative_url, choose_version, parse_manifest)
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)

@@ -12,7 +12,7 @@ import pytest
 from conftest import model_bytes, model_path
 from tflite_hotswap.cli import main
 from tflite_hotswap.errors import InvalidModelError, ManifestError, MisuseError
-from tflite_hotswap.repository import load_manifest, publish
+from tflite_hotswap.delivery.repository import load_manifest, publish
 
 
 def test_publish_writes_model_manifest_and_bumps_serial(tmp_path, capsys):

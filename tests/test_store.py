@@ -17,9 +17,9 @@ from delivery_helpers import FAST, blob, store_is_consistent, version_for
 from servers import fault_server
 from tflite_hotswap import Runtime
 from tflite_hotswap.errors import SerialRollbackError, StorageError
-from tflite_hotswap.fetch import open_source
-from tflite_hotswap.repository import load_manifest, publish
-from tflite_hotswap.store import Store
+from tflite_hotswap.delivery.sources import open_source
+from tflite_hotswap.delivery.repository import load_manifest, publish
+from tflite_hotswap.delivery.store import Store
 
 CHILD = os.path.join(os.path.dirname(__file__), "store_child.py")
 V1 = version_for(model_bytes("version_1"), "models/m/v1.tflite", "v1")

@@ -1,12 +1,12 @@
 """tflite_hotswap: run TensorFlow Lite models and replace them while inference keeps running."""
 
-from .backend import Backend, load_backend
-from .contract import Contract, TensorSpec
+from .serving.backend import Backend, load_backend
+from .serving.contract import Contract, TensorSpec
 from .errors import (BackendError, BackendNotFoundError, HotswapError, IncompatibleModelError,
                      InferenceError, InputError, InvalidModelError, MisuseError, ModelError,
                      RuntimeBusyError, RuntimeClosedError)
-from .preprocess import Normalize
-from .runtime import ModelInfo, Runtime, VersionStats
+from .serving.preprocess import Normalize
+from .serving.runtime import ModelInfo, Runtime, VersionStats
 
 __all__ = [
     "Backend", "BackendError", "BackendNotFoundError", "Contract", "HotswapError",

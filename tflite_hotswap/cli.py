@@ -64,19 +64,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "publish":
-            from .repository import publish, show
+            from .delivery.repository import publish, show
             manifest = publish(args.repo, args.model_file, model=args.model, version=args.version,
                                channel=args.channel, rollout=args.rollout, golden=args.golden,
                                golden_tolerance=args.golden_tolerance)
             print(show(manifest))
         elif args.command == "repo":
-            from .repository import load_manifest, show
+            from .delivery.repository import load_manifest, show
             print(show(load_manifest(args.repo)))
         elif args.command == "fetch":
             from . import __version__
-            from .fetch import open_source
-            from .manifest import choose_version
-            from .store import Store
+            from .delivery.sources import open_source
+            from .delivery.manifest import choose_version
+            from .delivery.store import Store
             source = open_source(args.source)
             store = Store(args.store)
             manifest, _ = store.refresh_manifest(source)
@@ -88,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             path = store.fetch(source, args.model, version, progress=_progress_bar(f"{args.model} {vid}"))
             print(f"{args.model} {vid}: {path} (sha256 {version.sha256[:12]}..., {version.size} bytes)")
         else:
-            from .demo import main as demo
+            from .demo.__main__ import main as demo
             return demo([])
     except HotswapError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BackendNotFoundError, InvalidModelError, MisuseError
+from ..errors import BackendNotFoundError, InvalidModelError, MisuseError
 
 ENV_VAR = "TFLITE_HOTSWAP_BACKEND"
 

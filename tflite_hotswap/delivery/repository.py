@@ -22,10 +22,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .backend import load_backend
-from .errors import ManifestError, MisuseError
-from .fetch import MANIFEST_NAME
-from .loader import load_proven, read_model
+from ..serving.backend import load_backend
+from ..errors import ManifestError, MisuseError
+from .sources import MANIFEST_NAME
+from ..serving.loader import load_proven, read_model
 from .manifest import Golden, Manifest, ModelEntry, Rollout, Version, check_name, parse_manifest
 from .store import atomic_write
 

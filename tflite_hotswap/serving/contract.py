@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IncompatibleModelError, MisuseError
+from ..errors import IncompatibleModelError, MisuseError
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Union
 
-from ._slots import Bound, LatencyStats, Slot, SlotTable, Worker
+from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
 from .backend import load_backend
 from .contract import Contract, TensorSpec, check_compatible
-from .errors import InputError, MisuseError, RuntimeClosedError
+from ..errors import InputError, MisuseError, RuntimeClosedError
 from .loader import LoadedModel, ModelSource, ShapeKey, check_shape_key, load_proven, make_bound, \
     read_model
 from .preprocess import Normalize, kernel_for

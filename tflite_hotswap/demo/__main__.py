@@ -18,7 +18,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import HotswapError, Runtime
+from .. import HotswapError, Runtime
 
 
 def _bundled(version: int) -> bytes:

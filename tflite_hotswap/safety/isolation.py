@@ -24,7 +24,7 @@ import time
 from typing import Optional
 
 from . import _probe
-from .errors import BackendError, InvalidModelError
+from ..errors import BackendError, InvalidModelError
 
 _cache: dict[tuple[str, str, Optional[str]], Optional[str]] = {}
 _cache_lock = threading.Lock()
@@ -65,12 +65,12 @@ class _Prober:
     """
 
     def __init__(self, backend: str, timeout: float) -> None:
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         env["OPENBLAS_NUM_THREADS"] = "1"  # no thread pools in a process that forks
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tflite_hotswap._probe", backend, str(timeout)],
+            [sys.executable, "-m", "tflite_hotswap.safety._probe", backend, str(timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=package_root)
 
     def ask(self, data: bytes, signature: Optional[str], num_threads: Optional[int]) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from .contract import TensorSpec
-from .errors import MisuseError
+from ..errors import MisuseError
 
 # Coefficients are repeated to a cycle of at least this many elements so the
 # kernel's inner loop is long enough to vectorise.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 
 from ._tflite_schema import TABLES, UNIONS
-from .errors import InvalidModelError
+from ..errors import InvalidModelError
 
 _MAX_DEPTH = 64
 _MAX_TABLES = 1_000_000

@@ -9,12 +9,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ._slots import Bound
+from .._slots import Bound
 from .backend import Backend
 from .contract import Contract, contract_of, signature_of
-from .errors import InputError, InvalidModelError, MisuseError
-from .isolation import prove_loadable
-from .verify import verify_model
+from ..errors import InputError, InvalidModelError, MisuseError
+from ..safety.isolation import prove_loadable
+from ..safety.verify import verify_model
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 ShapeKey = tuple  # one shape tuple per input, in contract order

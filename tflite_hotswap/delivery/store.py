@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from .errors import (DiskFullError, DownloadTimeoutError, HashMismatchError, LockTimeoutError,
+from ..errors import (DiskFullError, DownloadTimeoutError, HashMismatchError, LockTimeoutError,
                      SizeExceededError, StorageError, TransportError)
-from .fetch import FetchConfig, RangeNotSatisfiable, Source, with_retries
+from .sources import FetchConfig, RangeNotSatisfiable, Source, with_retries
 from .manifest import Manifest, Version, parse_manifest
 
 Progress = Callable[[int, int], None]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 from urllib.parse import quote, urljoin, urlsplit
 
-from .errors import DownloadTimeoutError, HTTPStatusError, MisuseError, TransportError
+from ..errors import DownloadTimeoutError, HTTPStatusError, MisuseError, TransportError
 
 MANIFEST_NAME = "manifest.json"
 

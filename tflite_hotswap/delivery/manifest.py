@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
-from .contract import Contract
-from .errors import DeliveryError, ManifestError, MisuseError, SerialRollbackError
+from ..serving.contract import Contract
+from ..errors import DeliveryError, ManifestError, MisuseError, SerialRollbackError
 
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

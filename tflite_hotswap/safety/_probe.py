@@ -22,7 +22,7 @@ REFUSED = 3
 
 def check(backend, data: bytes, signature, num_threads) -> int:
     """Load and run the model once, exactly as the runtime does; return the exit status."""
-    from .loader import inspect_model, make_bound
+    from ..serving.loader import inspect_model, make_bound
 
     try:
         interpreter, model = inspect_model(backend, data, "", num_threads, signature)
@@ -46,8 +46,8 @@ def _read(stream, n: int) -> bytes:
 
 
 def serve(backend_name: str, timeout: float) -> None:
-    from .backend import load_backend
-    from . import loader  # noqa: F401  (imported before forking, so forks start warm)
+    from ..serving.backend import load_backend
+    from ..serving import loader  # noqa: F401  (imported before forking, so forks start warm)
 
     backend = load_backend(backend_name)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

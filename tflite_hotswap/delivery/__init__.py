@@ -1,0 +1,1 @@
+"""Delivery: repository manifest, sources, the on-device store and publishing."""

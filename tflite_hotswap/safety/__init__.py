@@ -1,0 +1,1 @@
+"""Safety: the structural flatbuffer verifier and the isolation probe."""

@@ -1,0 +1,1 @@
+"""Serving: the Runtime, model loading, I/O contracts, backends and preprocessing."""
