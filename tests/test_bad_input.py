@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import model_bytes, model_path
-from tflite_hotswap import isolation
+from tflite_hotswap.safety import isolation
 from tflite_hotswap import (HotswapError, InputError, InvalidModelError, MisuseError, Normalize,
                             Runtime, RuntimeClosedError)
 
