@@ -22,7 +22,7 @@ STD = np.array(NORM.std, np.float32)
 
 def _setup(model):
     interpreter = raw_interpreter(model)
-    spec = contract_of(interpreter, None).inputs[0]
+    spec = contract_of(interpreter, {}, None, 0).inputs[0]
     return interpreter, spec
 
 

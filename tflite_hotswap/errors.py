@@ -47,6 +47,14 @@ class InvalidModelError(ModelError, ValueError):
     """The model cannot be loaded or run (corrupt, truncated, unsupported ops)."""
 
 
+class UnsupportedModelError(InvalidModelError):
+    """The model is valid but uses something this library cannot serve.
+
+    For example a string, resource or variant input or output, or a tensor of
+    rank above 16.  The message names the tensor and what it is.
+    """
+
+
 class IncompatibleModelError(ModelError):
     """The model's I/O contract differs from the serving model's.
 
@@ -67,7 +75,13 @@ class RuntimeClosedError(HotswapError, RuntimeError):
 
 
 class RuntimeBusyError(HotswapError, TimeoutError):
-    """A call waited longer than ``wait_timeout`` (all workers busy, or a swap gap)."""
+    """A call or swap waited longer than ``wait_timeout`` (all workers busy, a swap gap,
+    or retired versions still in use)."""
+
+
+class ModelUnavailableError(HotswapError, RuntimeError):
+    """No model is serving: a resource-policy swap failed and the previous model
+    could not be reloaded either.  A later successful ``swap()`` recovers."""
 
 
 # ------------------------------------------------------------------- backends

@@ -21,6 +21,8 @@ cdef enum DType:
     DT_F16
     DT_F32
     DT_F64
+    DT_C64
+    DT_C128
 
 cdef struct Kernel:
     # How source elements become destination elements.  ``affine`` false means
@@ -54,6 +56,6 @@ cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) n
 cdef str shape_of(const Py_buffer* view)
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,
                      object name) except -1
-cdef int gather_input(const Kernel* k, object samples, const Py_ssize_t* sample_shape, int ndim,
+cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_shape, int ndim,
                       char* dst, object name) except -1
 cdef int read_output(const Py_buffer* src, object out, object name) except -1

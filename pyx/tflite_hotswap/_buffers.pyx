@@ -19,7 +19,8 @@ from tflite_hotswap.errors import InputError
 cdef Py_ssize_t NOGIL_BYTES = 64 * 1024
 
 cdef tuple DTYPE_NAMES = ("unknown", "bool", "uint8", "int8", "uint16", "int16", "uint32",
-                          "int32", "uint64", "int64", "float16", "float32", "float64")
+                          "int32", "uint64", "int64", "float16", "float32", "float64",
+                          "complex64", "complex128")
 
 cdef int _ONE = 1
 cdef bint LITTLE_ENDIAN = (<const char*>&_ONE)[0] == 1
@@ -27,23 +28,31 @@ cdef bint LITTLE_ENDIAN = (<const char*>&_ONE)[0] == 1
 
 cdef int dtype_code(const char* fmt, Py_ssize_t itemsize) noexcept:
     """Map a buffer-protocol format string to a DType (DT_UNKNOWN if unsupported)."""
+    cdef char c
+    cdef int code = DT_UNKNOWN
     if fmt == NULL:
         return DT_U8
     if fmt[0] == b'@' or fmt[0] == b'=' or (fmt[0] == b'<' and LITTLE_ENDIAN) \
             or (fmt[0] == b'>' and not LITTLE_ENDIAN):
         fmt += 1
-    if fmt[0] == 0 or fmt[1] != 0:
+    if fmt[0] == 0:
         return DT_UNKNOWN
-    cdef char c = fmt[0]
-    cdef int code = (DT_BOOL if c == b'?' else DT_U8 if c == b'B' else DT_I8 if c == b'b' else
-                     DT_F16 if c == b'e' else DT_F32 if c == b'f' else DT_F64 if c == b'd' else
-                     DT_UNKNOWN)
-    # Integer letters name C types whose size varies ('l' is 4 bytes on armv7l, 8 on
-    # aarch64): the itemsize decides.
-    if c in b"hilq":
+    c = fmt[0]
+    if c == b'Z':  # complex: "Zf", "Zd"
+        if fmt[1] != 0 and fmt[2] == 0:
+            code = DT_C64 if fmt[1] == b'f' else DT_C128 if fmt[1] == b'd' else DT_UNKNOWN
+    elif fmt[1] != 0:
+        return DT_UNKNOWN
+    elif c in b"hilq":
+        # Integer letters name C types whose size varies ('l' is 4 bytes on
+        # armv7l, 8 on aarch64): the itemsize decides.
         code = DT_I16 if itemsize == 2 else DT_I32 if itemsize == 4 else DT_I64
     elif c in b"HILQ":
         code = DT_U16 if itemsize == 2 else DT_U32 if itemsize == 4 else DT_U64
+    else:
+        code = (DT_BOOL if c == b'?' else DT_U8 if c == b'B' else DT_I8 if c == b'b' else
+                DT_F16 if c == b'e' else DT_F32 if c == b'f' else DT_F64 if c == b'd' else
+                DT_UNKNOWN)
     return code if code != DT_UNKNOWN and itemsize_of(code) == itemsize else DT_UNKNOWN
 
 
@@ -54,8 +63,10 @@ cdef Py_ssize_t itemsize_of(int code) noexcept nogil:
         return 2
     if code == DT_U32 or code == DT_I32 or code == DT_F32:
         return 4
-    if code == DT_U64 or code == DT_I64 or code == DT_F64:
+    if code == DT_U64 or code == DT_I64 or code == DT_F64 or code == DT_C64:
         return 8
+    if code == DT_C128:
+        return 16
     return 0
 
 
@@ -63,6 +74,8 @@ cdef bint is_contiguous(const Py_buffer* view) noexcept nogil:
     """C-contiguous and aligned for its item type (so typed loads are safe)."""
     cdef Py_ssize_t expected = view.itemsize
     cdef int d
+    if view.itemsize <= 0:  # a 0-byte item ('V0', dtype=[]) has no element type at all
+        return False
     if (<size_t>view.buf) % <size_t>view.itemsize:
         return False
     if view.strides == NULL:
@@ -75,6 +88,8 @@ cdef bint is_contiguous(const Py_buffer* view) noexcept nogil:
 
 
 cdef bint accepts(const Kernel* k, int src) noexcept:
+    if src == DT_UNKNOWN:
+        return False
     if not k.affine:
         return src == k.dst
     return src == DT_U8 or src == DT_I8 or src == DT_F32 or src == DT_F64
@@ -223,8 +238,11 @@ cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
         n *= src.shape[d]
     if n == 0:
         return
-    if ndim == 0 or is_contiguous(src):
+    if is_contiguous(src):
         write_contiguous(k, <const char*>src.buf, src_code, n, dst, j0)
+        return
+    if ndim == 0:  # a single unaligned element
+        _write_row(k, <const char*>src.buf, src_code, src.itemsize, 1, dst, j0)
         return
     inner = src.shape[ndim - 1]
     rows = n // inner
@@ -321,9 +339,13 @@ cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int n
         PyBuffer_Release(&view)
 
 
-cdef int gather_input(const Kernel* k, object samples, const Py_ssize_t* sample_shape, int ndim,
+cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_shape, int ndim,
                       char* dst, object name) except -1:
-    """Write each sample of a sequence into consecutive slices of dst (no np.stack)."""
+    """Write each sample into consecutive slices of dst (no np.stack).
+
+    ``samples`` is a tuple -- a snapshot the caller took once: a list another
+    thread grows meanwhile must not change how many rows are written.
+    """
     cdef Py_ssize_t n = len(samples), i, got = 0, elems = 1
     cdef Py_ssize_t dst_step
     cdef int d
@@ -367,6 +389,8 @@ cdef int read_output(const Py_buffer* src, object out, object name) except -1:
     try:
         src_code = dtype_code(src.format, src.itemsize)
         code = dtype_code(view.format, view.itemsize)
+        if src_code == DT_UNKNOWN or src.ndim > MAX_DIMS:
+            raise InputError(f"out[{name!r}]: the output tensor's type or rank is not supported")
         if code != src_code or not same_shape(&view, src.shape, src.ndim) or not is_contiguous(&view):
             raise InputError(
                 f"out[{name!r}]: expected a writable C-contiguous {DTYPE_NAMES[src_code]} array of "
@@ -475,11 +499,12 @@ def gather_into(samples, dst, a=None, b=None, zero_point=0.0) -> None:
             ``dst`` has a different number of rows.
     """
     cdef Py_buffer dv
+    cdef tuple snapshot = tuple(samples)
     _writable(dst, &dv)
     try:
-        if dv.ndim < 1 or dv.shape[0] != len(samples):
-            raise InputError(f"dst: expected {len(samples)} rows, got shape {shape_of(&dv)}")
+        if dv.ndim < 1 or dv.shape[0] != len(snapshot):
+            raise InputError(f"dst: expected {len(snapshot)} rows, got shape {shape_of(&dv)}")
         c = _Coefficients(dtype_code(dv.format, dv.itemsize), a, b, zero_point)
-        gather_input(&(<_Coefficients>c).k, samples, dv.shape + 1, dv.ndim - 1, <char*>dv.buf, "samples")
+        gather_input(&(<_Coefficients>c).k, snapshot, dv.shape + 1, dv.ndim - 1, <char*>dv.buf, "samples")
     finally:
         PyBuffer_Release(&dv)

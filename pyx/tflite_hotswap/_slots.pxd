@@ -4,11 +4,17 @@ from libc.stdint cimport uint64_t
 from tflite_hotswap._buffers cimport Kernel, MAX_DIMS
 
 cdef enum:
-    MAX_SLOTS = 4         # serving + preparing + two retiring
+    MAX_SLOTS = 8         # serving + preparing + retiring ones (a stuck call pins one)
     MAX_WORKERS = 64
     N_BUCKETS = 1024      # latency histogram: 16 sub-buckets per power of two
     SLOT_EMPTY = -1       # resource-policy gap: callers wait for the next publish
     SLOT_CLOSED = -2
+    SLOT_FAILED = -3      # resource policy: neither the new nor the old model loaded
+    # What a call's outcome was, for the statistics.
+    CALL_OK = 0
+    CALL_MODEL_ERROR = 1  # the backend failed running the model
+    CALL_CALLER_ERROR = 2 # bad input from the caller
+    CALL_TIMEOUT = 3      # waited past wait_timeout
 
 cdef struct InputBinding:
     char* address         # the tensor's memory; valid until the interpreter is re-allocated
@@ -17,11 +23,11 @@ cdef struct InputBinding:
     Kernel kernel
 
 cdef class LatencyStats:
-    cdef uint64_t buckets[N_BUCKETS]
-    cdef uint64_t errors
+    cdef uint64_t buckets[N_BUCKETS]   # successful calls only
+    cdef uint64_t outcomes[4]          # by CALL_* kind
     cdef uint64_t max_ns
     cdef uint64_t total_ns
-    cdef void record(self, uint64_t ns, bint failed) noexcept nogil
+    cdef void record(self, uint64_t ns, int outcome) noexcept nogil
 
 cdef class Bound:
     cdef object interpreter
@@ -38,13 +44,14 @@ cdef class Bound:
     cdef list output_views
     cdef object copy_single      # output_views[0].copy, bound once (single-output models)
     cdef bint dynamic
+    cdef bint needs_bind         # a failed invoke may have moved tensor memory
     cdef readonly tuple shape_key
     cdef _set_kernel(self, int i, object spec)
     cdef list _by_name(self, object inputs)
     cdef list _out_targets(self, object out)
     cdef int bind(self) except -1
     cdef object write_inputs(self, object inputs)
-    cdef int write_batch(self, object samples) except -1
+    cdef int write_batch(self, tuple samples) except -1
     cdef int run_invoke(self) except -1
     cdef object read_outputs(self, object out)
 
@@ -61,15 +68,22 @@ cdef class Slot:
     cdef list workers
     cdef int n_workers
     cdef int busy[MAX_WORKERS]
+    cdef int n_waiters           # callers queued for a worker (FIFO hand-over)
+    cdef object waiters          # deque of _Waiter, guarded by queue_lock
+    cdef object queue_lock
     cdef LatencyStats stats
     cdef public object info
-    cdef int claim(self, double timeout) except -1
-    cdef void release(self, int w) noexcept
+    cdef int try_claim(self) noexcept
+    cdef int claim(self, uint64_t deadline, double timeout) except -1
+    cdef int claim_queued(self, uint64_t deadline, double timeout) except -1
+    cdef int release(self, int w) except -1
+    cdef int hand_over(self, int w) except -1
 
 cdef class SlotTable:
     cdef long current
     cdef long readers[MAX_SLOTS]
     cdef list slots
     cdef public double wait_timeout
-    cdef int enter(self) except -1
+    cdef public LatencyStats gap_stats   # where calls that find no model are counted
+    cdef int enter(self, uint64_t deadline) except -1
     cdef object _call(self, object arg, object out, bint batch)

@@ -12,17 +12,22 @@ to a reclaimer that waits for its reader count to reach zero and then drops it
 """
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
-from libc.stdint cimport uint64_t
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport UINT64_MAX, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport usleep
 
-from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, dtype_code, gather_input,
-                                      read_output, set_affine, write_input)
+from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, DT_UNKNOWN, MAX_DIMS, dtype_code,
+                                      gather_input, read_output, set_affine, write_input)
 
-from tflite_hotswap.errors import (InferenceError, InputError, RuntimeBusyError,
-                                   RuntimeClosedError)
+import collections
+import threading
+
+from tflite_hotswap.errors import (InferenceError, InputError, MisuseError,
+                                   ModelUnavailableError, RuntimeBusyError, RuntimeClosedError,
+                                   UnsupportedModelError)
 
 cdef extern from *:
     """
@@ -31,7 +36,7 @@ cdef extern from *:
     #define HS_XCHG(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
     #define HS_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
     #define HS_COUNT(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
-    #define HS_RELEASE_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define HS_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
     static inline int hs_claim(int* flag) {
         int expected = 0;
         return __atomic_compare_exchange_n(flag, &expected, 1, 0,
@@ -43,14 +48,27 @@ cdef extern from *:
                                                        __ATOMIC_RELAXED)) {}
     }
     static inline int hs_msb(uint64_t v) { return 63 - __builtin_clzll(v); }
+    /* The calls this thread is inside, innermost first: close() or a
+       resource-policy swap() from inside a call (a mapping's __getitem__, a
+       signal handler) would wait for that very call to finish. */
+    typedef struct hs_frame { void* table; struct hs_frame* prev; } hs_frame;
+    static __thread hs_frame* hs_frames = 0;
+    static inline hs_frame* hs_top(void) { return hs_frames; }
+    static inline void hs_set_top(hs_frame* f) { hs_frames = f; }
     """
+    ctypedef struct hs_frame:
+        void* table
+        hs_frame* prev
+    hs_frame* hs_top() nogil
+    void hs_set_top(hs_frame* f) nogil
     long atomic_load "HS_LOAD"(long* p) nogil
     int atomic_load_int "HS_LOAD"(int* p) nogil
     uint64_t atomic_load_u64 "HS_LOAD"(uint64_t* p) nogil
     long atomic_exchange "HS_XCHG"(long* p, long v) nogil
     long atomic_add "HS_ADD"(long* p, long v) nogil
     uint64_t atomic_count "HS_COUNT"(uint64_t* p, uint64_t v) nogil
-    void atomic_release_store "HS_RELEASE_STORE"(int* p, int v) nogil
+    void atomic_store_int "HS_STORE"(int* p, int v) nogil
+    int atomic_add_int "HS_ADD"(int* p, int v) nogil
     bint hs_claim(int* flag) nogil
     void hs_max(uint64_t* p, uint64_t v) nogil
     int hs_msb(uint64_t v) nogil
@@ -66,20 +84,26 @@ cdef inline uint64_t now_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
 
 
-cdef int backoff(uint64_t* deadline, double timeout, unsigned int* delay_us) except -1:
-    """Sleep a little (GIL released); return 1 once ``timeout`` seconds have passed.
+cdef uint64_t deadline_after(uint64_t start, double timeout) noexcept:
+    """start + timeout seconds in ns; UINT64_MAX for timeouts beyond ~30 years (inf)."""
+    if not timeout < 1e9:
+        return UINT64_MAX
+    return start + <uint64_t>(timeout * 1e9)
 
-    Sleeps double from 20 us up to 200 us: a waiter notices a free worker or a
-    newly published slot quickly without burning a core.
+
+cdef int backoff(uint64_t deadline, unsigned int* delay_us) except -1:
+    """Sleep a little (GIL released); return 1 once ``deadline`` has passed.
+
+    Sleeps double from 20 us up to 200 us: a waiter notices a newly published
+    slot quickly without burning a core.  Signal handlers run between sleeps,
+    so Ctrl+C reaches a waiting caller.
     """
-    cdef uint64_t t = now_ns()
-    if deadline[0] == 0:
-        deadline[0] = t + <uint64_t>(timeout * 1e9)
-    elif t >= deadline[0]:
+    if now_ns() >= deadline:
         return 1
     with nogil:
         usleep(delay_us[0])
     delay_us[0] = min(delay_us[0] * 2, 200)
+    PyErr_CheckSignals()
     return 0
 
 
@@ -101,21 +125,28 @@ cdef inline double _bucket_mid(int b) noexcept:
 
 
 cdef class LatencyStats:
-    """Call count, error count and a latency histogram for one model version.
+    """Calls by outcome and a latency histogram of the successful ones, for one version.
 
-    Percentiles come from a log-linear histogram (16 buckets per power of two),
-    so they are within about 3% of the exact value; the maximum is exact.
+    Failed calls are counted apart by cause -- the model (the backend failed),
+    the caller (bad input) and timeouts -- so a caller's mistakes never look
+    like a bad model.  Percentiles come from a log-linear histogram (16
+    buckets per power of two), within about 3% of the exact value; the
+    maximum is exact.
     """
 
-    cdef void record(self, uint64_t ns, bint failed) noexcept nogil:
-        if failed:
-            atomic_count(&self.errors, 1)
-        atomic_count(&self.total_ns, ns)
-        atomic_count(&self.buckets[_bucket(ns)], 1)
-        hs_max(&self.max_ns, ns)
+    cdef void record(self, uint64_t ns, int outcome) noexcept nogil:
+        atomic_count(&self.outcomes[outcome], 1)
+        if outcome == CALL_OK:
+            atomic_count(&self.total_ns, ns)
+            atomic_count(&self.buckets[_bucket(ns)], 1)
+            hs_max(&self.max_ns, ns)
+
+    def record_outcome(self, int outcome) -> None:
+        """Count one call that failed before reaching a version (e.g. a swap gap)."""
+        self.record(0, outcome)
 
     def snapshot(self) -> dict:
-        """Return calls, errors and p50/p99/p99.9/max/mean latency in microseconds."""
+        """Return call counts by outcome and p50/p99/p99.9/max/mean latency (us) of successes."""
         cdef uint64_t counts[N_BUCKETS]
         cdef uint64_t total = 0, seen
         cdef int b
@@ -123,8 +154,12 @@ cdef class LatencyStats:
             counts[b] = atomic_load_u64(&self.buckets[b])
             total += counts[b]
         max_ns = atomic_load_u64(&self.max_ns)
-        result = {"calls": total, "errors": atomic_load_u64(&self.errors),
-                  "max_us": max_ns / 1e3,
+        model_errors = atomic_load_u64(&self.outcomes[CALL_MODEL_ERROR])
+        caller_errors = atomic_load_u64(&self.outcomes[CALL_CALLER_ERROR])
+        timeouts = atomic_load_u64(&self.outcomes[CALL_TIMEOUT])
+        result = {"calls": total + model_errors + caller_errors + timeouts,
+                  "model_errors": model_errors, "caller_errors": caller_errors,
+                  "timeouts": timeouts, "max_us": max_ns / 1e3,
                   "mean_us": atomic_load_u64(&self.total_ns) / 1e3 / total if total else 0.0}
         for key, q in (("p50_us", 0.5), ("p99_us", 0.99), ("p999_us", 0.999)):
             seen = 0
@@ -167,6 +202,7 @@ cdef class Bound:
         self.invoke = self.wrapper.Invoke
         self.subgraph = subgraph
         self.dynamic = dynamic
+        self.needs_bind = False
         self.shape_key = shape_key
         self.n_inputs = len(inputs)
         self.inputs = <InputBinding*>malloc(max(self.n_inputs, 1) * sizeof(InputBinding))
@@ -203,6 +239,10 @@ cdef class Bound:
             PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
             try:
                 code = dtype_code(view.format, view.itemsize)
+                if code == DT_UNKNOWN or view.ndim > MAX_DIMS:
+                    raise UnsupportedModelError(
+                        f"input {self.input_names[i]!r}: expected a numeric tensor of rank <= "
+                        f"{MAX_DIMS}, got format {view.format!r} of rank {view.ndim}")
                 if self.inputs[i].kernel.affine and code not in (DT_F32, DT_I8, DT_U8):
                     raise InputError(f"input {self.input_names[i]!r}: preprocessing needs a float32, "
                                      f"int8 or uint8 tensor")
@@ -221,6 +261,7 @@ cdef class Bound:
             self.output_views = [self.wrapper.tensor(self.wrapper, i, self.subgraph)
                                  for i in self.output_indices]
             self.copy_single = self.output_views[0].copy if len(self.output_views) == 1 else None
+        self.needs_bind = False
         return 0
 
     def warm_up(self) -> None:
@@ -248,6 +289,8 @@ cdef class Bound:
         """Write the call's inputs; return None, or the inputs' shape key if it differs."""
         cdef InputBinding* b
         cdef int i
+        if self.needs_bind:
+            self.bind()
         if self.n_inputs == 1 and not isinstance(inputs, dict):
             b = &self.inputs[0]
             if write_input(&b.kernel, inputs, b.shape, b.ndim, b.address, self.input_names[0]):
@@ -261,28 +304,30 @@ cdef class Bound:
         return None
 
     cdef list _by_name(self, object inputs):
-        try:
-            if len(inputs) == self.n_inputs:
-                return [inputs[name] for name in self.input_names]
-        except (TypeError, KeyError):
-            pass
         if not hasattr(inputs, "keys"):
             raise InputError(f"inputs: expected a mapping of {list(self.input_names)} to arrays, "
                              f"got {type(inputs).__name__}")
+        try:
+            if len(inputs) == self.n_inputs:
+                return [inputs[name] for name in self.input_names]
+        except (TypeError, KeyError, IndexError):
+            pass
         missing = [n for n in self.input_names if n not in inputs]
         unknown = [n for n in inputs.keys() if n not in self.input_names]
         raise InputError(f"inputs: expected names {list(self.input_names)}, got {list(inputs.keys())}"
                          + (f" (missing {missing})" if missing else "")
                          + (f" (unknown {unknown})" if unknown else ""))
 
-    cdef int write_batch(self, object samples) except -1:
+    cdef int write_batch(self, tuple samples) except -1:
         cdef InputBinding* b
         cdef int i
+        if self.needs_bind:
+            self.bind()
         rows = None if self.n_inputs == 1 and not isinstance(samples[0], dict) \
             else [self._by_name(s) for s in samples]
         for i in range(self.n_inputs):
             b = &self.inputs[i]
-            column = samples if rows is None else [row[i] for row in rows]
+            column = samples if rows is None else tuple([row[i] for row in rows])
             gather_input(&b.kernel, column, b.shape + 1, b.ndim - 1, b.address, self.input_names[i])
         return 0
 
@@ -293,8 +338,11 @@ cdef class Bound:
             else:
                 self.invoke(self.subgraph)
         except Exception as e:
+            # Even a failed invoke may have reallocated a dynamic model's tensors.
+            self.needs_bind = self.dynamic
             raise InferenceError(f"the backend failed to run the model: {e}") from e
         if self.dynamic:
+            self.needs_bind = True
             self.bind()
         return 0
 
@@ -308,18 +356,31 @@ cdef class Bound:
                     return self.copy_single()
                 results = [v.copy() for v in self.output_views]
             else:
-                results = [self.wrapper.GetTensor(i, self.subgraph) for i in self.output_indices]
+                results = [self._dynamic_output(i) for i in self.output_indices]
             return results[0] if n == 1 else dict(zip(self.output_names, results))
         targets = [out] if n == 1 and not isinstance(out, dict) else self._out_targets(out)
         for i in range(n):
             tensor = self.output_views[i] if not self.dynamic else \
-                self.wrapper.tensor(self.wrapper, self.output_indices[i], self.subgraph)
+                self._dynamic_output(self.output_indices[i])
             PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
             try:
                 read_output(&view, targets[i], self.output_names[i])
             finally:
                 PyBuffer_Release(&view)
         return out
+
+    def _dynamic_output(self, int index):
+        """A copy of an output whose shape the last invoke decided (maybe empty)."""
+        try:
+            return self.wrapper.GetTensor(index, self.subgraph)
+        except ValueError:
+            # The backends refuse to read a tensor without data: an output with
+            # a zero-sized dimension (WHERE matching nothing, FILL of size 0).
+            shape = [int(d) for d in self.wrapper.TensorSize(index, self.subgraph)]
+            if 0 not in shape:
+                raise
+            import numpy
+            return numpy.empty(shape, numpy.dtype(self.wrapper.TensorType(index, self.subgraph)))
 
     cdef list _out_targets(self, object out):
         if not isinstance(out, dict) or set(out) != set(self.output_names):
@@ -399,25 +460,40 @@ cdef class Worker:
 
     cdef object call_batch(self, object samples, object out):
         cdef Bound bound = self.last
+        cdef tuple snapshot
+        # One snapshot: a sequence another thread grows or shrinks meanwhile
+        # must not change the batch size between sizing the tensor and filling it.
         try:
-            n = len(samples)
-            first = samples[0] if n else None
+            snapshot = samples if type(samples) is tuple else tuple(samples)
         except TypeError as e:
             raise InputError(f"samples: expected a sequence of per-sample inputs, "
                              f"got {type(samples).__name__}") from e
+        n = len(snapshot)
         if n == 0:
             raise InputError("samples: expected at least one sample, got an empty sequence")
+        first = snapshot[0]
         arrays = [first] if bound.n_inputs == 1 and not isinstance(first, dict) \
             else bound._by_name(first)
         key = tuple([(n,) + shape for shape in shape_key_of(arrays, bound.input_names)])
         if key != bound.shape_key:
             bound = self.bound_for(key)
-        bound.write_batch(samples)
+        bound.write_batch(snapshot)
         bound.run_invoke()
         return bound.read_outputs(out)
 
 
 # --------------------------------------------------------------------- slots
+
+class _Waiter:
+    """A caller queued for a worker: its lock is released when one is handed over."""
+
+    __slots__ = ("lock", "worker")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.worker = -1
+
 
 cdef class Slot:
     """One model version: its workers, their busy flags, its statistics.
@@ -433,24 +509,95 @@ cdef class Slot:
             raise ValueError(f"workers: expected 1 to {MAX_WORKERS}, got {len(workers)}")
         self.workers = workers
         self.n_workers = len(workers)
+        self.waiters = collections.deque()
+        self.queue_lock = threading.Lock()
         self.stats = stats
         self.info = info
 
-    cdef int claim(self, double timeout) except -1:
+    cdef int try_claim(self) noexcept:
         cdef int w
-        cdef uint64_t deadline = 0
-        cdef unsigned int delay = 20
-        while True:
-            for w in range(self.n_workers):
-                if hs_claim(&self.busy[w]):
-                    return w
-            if backoff(&deadline, timeout, &delay):
-                raise RuntimeBusyError(
-                    f"all {self.n_workers} worker(s) stayed busy for {timeout:g} s; "
-                    f"expected one to free up (raise workers= or wait_timeout=)")
+        for w in range(self.n_workers):
+            if hs_claim(&self.busy[w]):
+                return w
+        return -1
 
-    cdef void release(self, int w) noexcept:
-        atomic_release_store(&self.busy[w], 0)
+    cdef int claim(self, uint64_t deadline, double timeout) except -1:
+        """Claim a free worker: one CAS when one is free and nobody is queued."""
+        cdef int w
+        if atomic_load_int(&self.n_waiters) == 0:
+            w = self.try_claim()
+            if w >= 0:
+                return w
+        return self.claim_queued(deadline, timeout)
+
+    cdef int claim_queued(self, uint64_t deadline, double timeout) except -1:
+        """Wait in line (FIFO) for a worker, which the releasing caller hands over.
+
+        A hand-over, not a free-for-all: the thread that just released a worker
+        (holding the GIL) cannot take it straight back ahead of older waiters.
+        """
+        cdef int w
+        cdef uint64_t t
+        with self.queue_lock:
+            atomic_add_int(&self.n_waiters, 1)
+            w = self.try_claim()
+            if w >= 0:
+                atomic_add_int(&self.n_waiters, -1)
+                return w
+            waiter = _Waiter()
+            self.waiters.append(waiter)
+        try:
+            while True:
+                t = now_ns()
+                if deadline == UINT64_MAX:
+                    waiter.lock.acquire()
+                elif t < deadline:
+                    waiter.lock.acquire(True, min((deadline - t) / 1e9, threading.TIMEOUT_MAX))
+                if waiter.worker >= 0:
+                    return waiter.worker
+                if now_ns() >= deadline:
+                    with self.queue_lock:
+                        if waiter.worker >= 0:  # handed over as time ran out
+                            return waiter.worker
+                        self.waiters.remove(waiter)
+                        atomic_add_int(&self.n_waiters, -1)
+                    break
+        except BaseException:
+            # Interrupted (Ctrl+C): leave the line, or pass on a worker just handed over.
+            with self.queue_lock:
+                if waiter.worker < 0:
+                    self.waiters.remove(waiter)
+                    atomic_add_int(&self.n_waiters, -1)
+                    raise
+            self.release(waiter.worker)
+            raise
+        raise RuntimeBusyError(f"all {self.n_workers} worker(s) stayed busy for {timeout:g} s; "
+                               f"expected one to free up (raise workers= or wait_timeout=)")
+
+    cdef int release(self, int w) except -1:
+        if atomic_load_int(&self.n_waiters) == 0:
+            atomic_store_int(&self.busy[w], 0)
+            # A caller may have queued between the check and the store.
+            if atomic_load_int(&self.n_waiters) == 0:
+                return 0
+            w = -1
+        return self.hand_over(w)
+
+    cdef int hand_over(self, int w) except -1:
+        """Give worker w (or any free one, w < 0) to the first waiter, else free it."""
+        with self.queue_lock:
+            if w < 0:
+                w = self.try_claim()
+                if w < 0:
+                    return 0  # someone else took it
+            if self.waiters:
+                waiter = self.waiters.popleft()
+                atomic_add_int(&self.n_waiters, -1)
+                waiter.worker = w
+                waiter.lock.release()
+            else:
+                atomic_store_int(&self.busy[w], 0)
+        return 0
 
     def workers_list(self) -> list:
         return list(self.workers)
@@ -473,11 +620,11 @@ cdef class SlotTable:
             self.readers[i] = 0
         self.slots = [None] * MAX_SLOTS
         self.wait_timeout = 10.0
+        self.gap_stats = LatencyStats()
 
-    cdef int enter(self) except -1:
+    cdef int enter(self, uint64_t deadline) except -1:
         """Return the current slot's index with its reader count raised."""
         cdef long s
-        cdef uint64_t deadline = 0
         cdef unsigned int delay = 20
         while True:
             s = atomic_load(&self.current)
@@ -489,7 +636,11 @@ cdef class SlotTable:
             elif s == SLOT_CLOSED:
                 raise RuntimeClosedError("the runtime is closed; expected an open runtime "
                                          "(create a new Runtime)")
-            elif backoff(&deadline, self.wait_timeout, &delay):
+            elif s == SLOT_FAILED:
+                raise ModelUnavailableError(
+                    "no model is serving: a resource-policy swap failed and the previous model "
+                    "could not be reloaded; expected a successful swap() first")
+            elif backoff(deadline, &delay):
                 raise RuntimeBusyError(f"no model was published within {self.wait_timeout:g} s "
                                        f"(a resource-policy swap is still loading)")
 
@@ -536,25 +687,52 @@ cdef class SlotTable:
         return self._call(samples, out, True)
 
     cdef object _call(self, object arg, object out, bint batch):
-        """One call: enter the current slot, claim a worker, run, count it."""
+        """One call: enter the current slot, claim a worker, run, count it.
+
+        One deadline covers waiting for a model and for a worker.
+        """
         cdef uint64_t t0 = now_ns()
-        cdef int s = self.enter()
-        cdef Slot slot = <Slot>self.slots[s]
+        cdef uint64_t deadline = deadline_after(t0, self.wait_timeout)
+        cdef hs_frame frame
+        cdef Slot slot
         cdef Worker worker
-        cdef int w
-        cdef bint failed = True
+        cdef int s, w
+        cdef int outcome = CALL_TIMEOUT
         try:
-            w = slot.claim(self.wait_timeout)
+            s = self.enter(deadline)
+        except RuntimeBusyError:
+            self.gap_stats.record(0, CALL_TIMEOUT)
+            raise
+        slot = <Slot>self.slots[s]
+        frame.table = <void*>self
+        frame.prev = hs_top()
+        hs_set_top(&frame)
+        try:
+            w = slot.claim(deadline, self.wait_timeout)
             try:
                 worker = <Worker>slot.workers[w]
+                outcome = CALL_CALLER_ERROR
                 result = worker.call_batch(arg, out) if batch else worker.call(arg, out)
-                failed = False
+                outcome = CALL_OK
                 return result
+            except BackendErrors:
+                outcome = CALL_MODEL_ERROR
+                raise
             finally:
                 slot.release(w)
         finally:
+            hs_set_top(frame.prev)
             atomic_add(&self.readers[s], -1)
-            slot.stats.record(now_ns() - t0, failed)
+            slot.stats.record(now_ns() - t0, outcome)
+
+    def _inside_call(self) -> bool:
+        """Whether this thread is inside a run()/run_batch() of this table."""
+        cdef hs_frame* f = hs_top()
+        while f != NULL:
+            if f.table == <void*>self:
+                return True
+            f = f.prev
+        return False
 
     # Writer side: called by Runtime with its swap lock held.
 
@@ -563,9 +741,12 @@ cdef class SlotTable:
         self.slots[index] = slot
         return atomic_exchange(&self.current, index)
 
-    def _unpublish(self, bint close) -> int:
-        """Make no slot current (a gap, or closed); return the old index."""
-        return atomic_exchange(&self.current, SLOT_CLOSED if close else SLOT_EMPTY)
+    def _unpublish(self, int state) -> int:
+        """Make no slot current (SLOT_EMPTY: a gap; SLOT_CLOSED; SLOT_FAILED); return the old index."""
+        return atomic_exchange(&self.current, state)
+
+    def _slot_list(self) -> list:
+        return self.slots
 
     def _readers(self, int index) -> int:
         return atomic_load(&self.readers[index])
@@ -579,3 +760,8 @@ cdef class SlotTable:
     @staticmethod
     def _capacity() -> int:
         return MAX_SLOTS
+
+
+# What _call counts as the model's failure rather than the caller's.
+BackendErrors = (InferenceError, UnsupportedModelError)
+GAP, CLOSED, FAILED = SLOT_EMPTY, SLOT_CLOSED, SLOT_FAILED

@@ -95,41 +95,40 @@ def _spec(name: str, details: dict[str, Any]) -> TensorSpec:
                       scales, zero_points, int(details["index"]))
 
 
-def signature_of(interpreter: Any, signature: str | None) -> tuple[str | None, int]:
-    """Resolve which signature to use and its subgraph index.
+def signature_of(signatures: dict[str, Any], signature: str | None) -> str | None:
+    """Resolve which signature to use among ``signatures`` (the model's signature defs).
 
-    ``None`` picks the model's only signature, or the primary subgraph of a
-    model without signatures.
+    ``None`` picks the model's only signature, or none for a model without
+    signatures (its primary subgraph's inputs and outputs are used).
 
     Raises:
         MisuseError: if the signature does not exist, or ``None`` is ambiguous.
     """
-    names = list(interpreter.get_signature_list())
+    names = list(signatures)
     if signature is None:
         if len(names) > 1:
             raise MisuseError(f"signature: the model has signatures {names}; expected one of them, got None")
-        signature = names[0] if names else None
-    elif signature not in names:
+        return names[0] if names else None
+    if signature not in names:
         raise MisuseError(f"signature: expected one of {names}, got {signature!r}")
-    if signature is None:
-        return None, 0
-    return signature, int(interpreter._interpreter.GetSubgraphIndexFromSignature(signature))
+    return signature
 
 
-def contract_of(interpreter: Any, signature: str | None) -> Contract:
-    """Read the contract of ``signature`` (see :func:`signature_of`) from an interpreter.
+def contract_of(interpreter: Any, signatures: dict[str, Any], signature: str | None,
+                subgraph: int) -> Contract:
+    """Read the contract of ``signature`` (already resolved by :func:`signature_of`).
 
-    Raises:
-        MisuseError: if the signature does not exist or is ambiguous.
+    ``signatures`` is ``interpreter._get_full_signature_list()``, read once per
+    model: the backends leak a little memory on every read.
     """
-    signature, _ = signature_of(interpreter, signature)
     if signature is None:
         inputs = [_spec(d["name"], d) for d in interpreter.get_input_details()]
         outputs = [_spec(d["name"], d) for d in interpreter.get_output_details()]
     else:
-        runner = interpreter.get_signature_runner(signature)
-        inputs = [_spec(n, d) for n, d in runner.get_input_details().items()]
-        outputs = [_spec(n, d) for n, d in runner.get_output_details().items()]
+        defs = signatures[signature]
+        inputs = [_spec(n, interpreter._get_tensor_details(i, subgraph)) for n, i in defs["inputs"].items()]
+        outputs = [_spec(n, interpreter._get_tensor_details(i, subgraph))
+                   for n, i in defs["outputs"].items()]
     return Contract(tuple(inputs), tuple(outputs))
 
 

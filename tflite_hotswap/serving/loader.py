@@ -12,7 +12,7 @@ import numpy as np
 from .._slots import Bound
 from .backend import Backend
 from .contract import Contract, contract_of, signature_of
-from ..errors import InputError, InvalidModelError, MisuseError
+from ..errors import InputError, InvalidModelError, MisuseError, UnsupportedModelError
 from ..safety.isolation import prove_loadable
 from ..safety.verify import verify_model
 
@@ -21,6 +21,14 @@ ShapeKey = tuple  # one shape tuple per input, in contract order
 
 # Every TFLite flatbuffer carries this file identifier at offset 4.
 _TFLITE_IDENTIFIER = b"TFL3"
+
+# Tensor types the binding reads and writes as plain memory (numpy dtype names).
+# Strings, resources and variants have no fixed layout: refused, never bound
+# (reading them raw crashes LiteRT).
+SERVABLE_DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64",
+                             "int64", "float16", "float32", "float64", "complex64", "complex128"})
+MAX_RANK = 16  # the binding's fixed shape arrays (_buffers.pxd MAX_DIMS)
+_MAX_DIM = 2**31 - 1  # TFLite dimensions are int32
 
 
 @dataclass(frozen=True)
@@ -76,16 +84,35 @@ def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: Optio
     """
     interpreter = backend.interpreter(data, num_threads)
     try:
-        signature, subgraph = signature_of(interpreter, signature)
-        contract = contract_of(interpreter, signature)
+        full = interpreter._get_full_signature_list()  # once: every read leaks in the backend
+        signature = signature_of(full, signature)
+        subgraph = 0 if signature is None else \
+            int(interpreter._interpreter.GetSubgraphIndexFromSignature(signature))
+        contract = contract_of(interpreter, full, signature, subgraph)
+        check_servable(contract)
         dynamic = _has_dynamic_tensors(interpreter._interpreter, subgraph)
-    except MisuseError:
+    except (MisuseError, InvalidModelError):
         raise
     except (ValueError, RuntimeError, IndexError, KeyError, TypeError) as e:
         raise InvalidModelError(f"{backend.name} could not read the model's tensors: {e}") from e
-    loaded = LoadedModel(data, sha256, signature, subgraph,
-                         dict(interpreter.get_signature_list()), contract, dynamic)
+    signatures = {name: {"inputs": list(d["inputs"]), "outputs": list(d["outputs"])}
+                  for name, d in full.items()}
+    loaded = LoadedModel(data, sha256, signature, subgraph, signatures, contract, dynamic)
     return interpreter, loaded
+
+
+def check_servable(contract: Contract) -> None:
+    """Raises: UnsupportedModelError: naming a tensor the binding cannot serve."""
+    for kind, specs in (("input", contract.inputs), ("output", contract.outputs)):
+        for spec in specs:
+            if spec.dtype not in SERVABLE_DTYPES:
+                raise UnsupportedModelError(
+                    f"{kind} {spec.name!r}: expected a tensor of one of {sorted(SERVABLE_DTYPES)}, "
+                    f"got {spec.dtype}")
+            if len(spec.shape) > MAX_RANK:
+                raise UnsupportedModelError(
+                    f"{kind} {spec.name!r}: expected a tensor of rank <= {MAX_RANK}, "
+                    f"got rank {len(spec.shape)}")
 
 
 def load_proven(backend: Backend, data: bytes, num_threads: Optional[int], signature: Optional[str],
@@ -124,7 +151,7 @@ def check_shape_key(model: LoadedModel, key: ShapeKey) -> None:
         raise InputError(f"inputs: expected {len(model.contract.inputs)} shapes, got {len(key)}")
     for spec, shape in zip(model.contract.inputs, key):
         if len(shape) != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, shape)):
+                want not in (-1, got) or not 0 <= got <= _MAX_DIM for want, got in zip(spec.shape, shape)):
             shown = "(" + ", ".join("any" if d == -1 else str(d) for d in spec.shape) + ")"
             raise InputError(f"input {spec.name!r}: expected shape {shown}, got {tuple(shape)}")
 
@@ -138,11 +165,12 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: Optional[int],
         InputError: if the model cannot take the shapes in ``key``.
         InvalidModelError: if the backend cannot allocate the model.
     """
+    if key is not None:
+        check_shape_key(model, key)  # before paying for an interpreter
     if interpreter is None:
         interpreter = backend.interpreter(model.data, num_threads)
     wrapper = interpreter._interpreter
     if key is not None:
-        check_shape_key(model, key)
         for spec, shape in zip(model.contract.inputs, key):
             try:
                 wrapper.ResizeInputTensor(spec.index, np.array(shape, dtype=np.int32), True,

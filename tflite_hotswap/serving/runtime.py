@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Union
 
+from .. import _slots
 from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
 from .backend import load_backend
 from .contract import Contract, TensorSpec, check_compatible
-from ..errors import InputError, MisuseError, RuntimeClosedError
+from ..errors import (InputError, MisuseError, ModelUnavailableError, RuntimeBusyError,
+                      RuntimeClosedError)
 from .loader import LoadedModel, ModelSource, ShapeKey, check_shape_key, load_proven, make_bound, \
     read_model
 from .preprocess import Normalize, kernel_for
 
 POLICIES = ("availability", "resource")
+
+# Statistics are kept for this many versions (the serving one always); a
+# device swapping through thousands of versions must not grow without bound.
+STATS_KEPT = 32
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,16 +73,28 @@ class ModelInfo:
 class VersionStats:
     """Calls to one version since the runtime started (latency in microseconds).
 
-    Percentiles are read from a log-linear histogram (within ~3%); max is exact.
+    Failed calls are counted by cause: ``model_errors`` (the backend failed
+    running the model -- what a rollback should look at), ``caller_errors``
+    (bad input) and ``timeouts`` (no worker, or no model during a
+    resource-policy swap, within ``wait_timeout``).  Latency percentiles are
+    of the successful calls, read from a log-linear histogram (within ~3%);
+    max is exact.
     """
 
     calls: int
-    errors: int
+    model_errors: int
+    caller_errors: int
+    timeouts: int
     p50_us: float
     p99_us: float
     p999_us: float
     max_us: float
     mean_us: float
+
+    @property
+    def errors(self) -> int:
+        """Every failed call, whatever the cause."""
+        return self.model_errors + self.caller_errors + self.timeouts
 
 
 @dataclass
@@ -80,7 +102,6 @@ class _Serving:
     model: LoadedModel
     kernels: list
     info: ModelInfo
-    shape_keys: list = field(default_factory=list)
 
 
 class Runtime(SlotTable):
@@ -109,7 +130,10 @@ class Runtime(SlotTable):
         preprocess: a :class:`Normalize` for a single-input model, or a
             mapping of input name to :class:`Normalize`, fused into the copy.
         wait_timeout: seconds a call may wait for a worker or a swap gap
-            before raising :class:`RuntimeBusyError`.
+            before raising :class:`RuntimeBusyError` (``float("inf")``: no
+            limit; Ctrl+C still interrupts the wait).  Also bounds how long
+            ``swap()`` and ``close()`` wait for calls still running on a
+            retired version.
         isolate: prove each new model loadable in a child process before
             loading it here.  None: only for backends that do not verify
             models (tflite-runtime, tensorflow).
@@ -131,8 +155,8 @@ class Runtime(SlotTable):
             raise MisuseError(f"workers: expected an int from 1 to 64, got {workers!r}")
         if policy not in POLICIES:
             raise MisuseError(f"policy: expected one of {POLICIES}, got {policy!r}")
-        if not wait_timeout > 0:
-            raise MisuseError(f"wait_timeout: expected seconds > 0, got {wait_timeout!r}")
+        if not isinstance(wait_timeout, (int, float)) or math.isnan(wait_timeout) or not wait_timeout > 0:
+            raise MisuseError(f"wait_timeout: expected seconds > 0 (inf for no limit), got {wait_timeout!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise MisuseError(f"num_threads: expected None or an int >= 1, got {num_threads!r}")
         if preprocess is not None and not isinstance(preprocess, (Normalize, Mapping)):
@@ -152,6 +176,10 @@ class Runtime(SlotTable):
         self._closed = False
         self._free = _FreeSlots(self._capacity())
         self._reclaimer = _Reclaimer(self, self._free)
+        # An unclosed runtime that is dropped hands its interpreters to the
+        # reclaimer thread: destroying them takes milliseconds with the GIL
+        # held, and must not happen on whichever thread dropped the last reference.
+        weakref.finalize(self, self._reclaimer.adopt, self._slot_list())
         try:
             self.swap(model, version=version, allow_contract_change=True)
         except BaseException:
@@ -166,10 +194,14 @@ class Runtime(SlotTable):
 
         Raises:
             RuntimeClosedError: if the runtime is closed.
+            ModelUnavailableError: if no model is serving (a resource-policy
+                swap failed and the old model could not be reloaded).
         """
         serving = self._serving
-        if serving is None or self._closed:
+        if self._closed:
             raise RuntimeClosedError("the runtime is closed; expected an open runtime")
+        if serving is None:
+            raise ModelUnavailableError("no model is serving; expected a successful swap() first")
         return serving.info
 
     @property
@@ -178,7 +210,10 @@ class Runtime(SlotTable):
         return self._backend.name
 
     def stats(self) -> dict[str, VersionStats]:
-        """Per version: calls, errors and latency percentiles since the runtime started."""
+        """Per version: calls by outcome and latency percentiles since the runtime started.
+
+        Kept for the serving version and up to ``STATS_KEPT`` recent ones.
+        """
         return {version: VersionStats(**s.snapshot()) for version, s in list(self._stats.items())}
 
     def swap(self, model: ModelSource, *, version: Optional[str] = None,
@@ -189,6 +224,8 @@ class Runtime(SlotTable):
         serving model, warms every interpreter up with one invoke, then
         publishes it atomically.  Calls already running finish on the old
         version, which is destroyed off the calling thread once they leave.
+        Every input shape the serving version has seen is allocated in the new
+        one before it is published, so no call pays for an allocation.
 
         Args:
             model: path or bytes of the new model.
@@ -201,53 +238,55 @@ class Runtime(SlotTable):
         Raises:
             InvalidModelError: if the model cannot be loaded or run; it never
                 reaches this process's interpreter when a child process
-                could not load it.
+                could not load it.  (:class:`UnsupportedModelError` for a tensor
+                type or rank the binding cannot serve.)
             IncompatibleModelError: if its contract differs (and not allowed).
-            MisuseError: if ``model`` is not a path or bytes, or the preprocess
-                settings do not fit it.
+            MisuseError: if ``model`` is not a path or bytes, the preprocess
+                settings do not fit it, or (resource policy) it is called from
+                inside a call of this runtime.
+            RuntimeBusyError: if retired versions still had calls running
+                after ``wait_timeout`` (every slot in use).
             RuntimeClosedError: if the runtime is closed.
         """
+        if self._policy == "resource" and self._inside_call():
+            raise MisuseError("swap(): called from inside a run() of this runtime (a callback or "
+                              "signal handler); the resource policy would wait for that very call")
         with self._swap_lock:
             if self._closed:
                 raise RuntimeClosedError("the runtime is closed; expected an open runtime")
             data = read_model(model)
-            started = time.perf_counter()
-            interpreter, loaded, probe_seconds = load_proven(self._backend, data, self._num_threads,
-                                                             self._signature, self._isolate)
             serving = self._serving
-            if serving is not None and not allow_contract_change:
-                check_compatible(serving.model.contract, loaded.contract)
-            kernels = self._kernels(loaded.contract)
-            version = version or loaded.sha256[:12]
-            stats = self._stats.get(version) or LatencyStats()
-            keys = [k for k in (serving.shape_keys if serving else []) if _fits(loaded, k)]
             if self._policy == "resource" and serving is not None:
-                slot = self._replace_in_place(loaded, kernels, stats, keys, interpreter, serving)
-            else:
-                slot = self._build_slot(loaded, kernels, stats, keys, interpreter, None)
-            info = ModelInfo(version, loaded.sha256, len(data), loaded.signature, loaded.signatures,
-                             loaded.contract.inputs, loaded.contract.outputs, self._backend.name,
-                             datetime.now(timezone.utc), probe_seconds,
-                             time.perf_counter() - started - probe_seconds)
-            slot.info = info
-            self._stats[version] = stats
-            self._publish_slot(slot)
-            self._serving = _Serving(loaded, kernels, info, self._union_keys(slot))
+                return self._swap_in_place(data, version, allow_contract_change, serving)
+            info = self._load_and_publish(data, version, allow_contract_change, serving, self._known_shapes())
+            logger.info("swapped in %s (sha256 %s, %.1f ms load, %.1f ms probe)", info.version,
+                        info.sha256[:12], info.load_seconds * 1e3, info.probe_seconds * 1e3)
             return info
 
     def close(self) -> None:
         """Stop serving and free every interpreter; later calls raise RuntimeClosedError.
 
-        Waits for calls in flight to finish.  Closing twice is harmless.
+        Waits up to ``wait_timeout`` for calls in flight to finish; the
+        interpreters of calls still running after that are freed when they
+        return.  Closing twice is harmless.
+
+        Raises:
+            MisuseError: if called from inside a call of this runtime (a
+                callback or a signal handler): it would wait for itself.
         """
+        if self._inside_call():
+            raise MisuseError("close(): called from inside a run() of this runtime (a callback or "
+                              "signal handler); expected it after the call returns")
         with self._swap_lock:
             if self._closed:
                 return
             self._closed = True
-            old = self._unpublish(True)
+            old = self._unpublish(_slots.CLOSED)
             if old >= 0:
                 self._reclaimer.retire(old)
-            self._reclaimer.stop()
+            if not self._reclaimer.stop(self.wait_timeout):
+                logger.warning("close(): calls still running after %g s; their interpreters are "
+                               "freed when they return", self.wait_timeout)
 
     def __enter__(self) -> "Runtime":
         return self
@@ -260,6 +299,86 @@ class Runtime(SlotTable):
         return f"<Runtime {state} backend={self._backend.name!r} workers={self._workers}>"
 
     # -------------------------------------------------------------- helpers
+
+    def _load_and_publish(self, data: bytes, version: Optional[str], allow_contract_change: bool,
+                          serving: Optional[_Serving], keys: list) -> ModelInfo:
+        """Prove, load, check, build and publish ``data``; the caller holds the swap lock."""
+        started = time.perf_counter()
+        interpreter, loaded, probe_seconds = load_proven(self._backend, data, self._num_threads,
+                                                         self._signature, self._isolate)
+        if serving is not None and not allow_contract_change:
+            check_compatible(serving.model.contract, loaded.contract)
+        kernels = self._kernels(loaded.contract)
+        version = version or loaded.sha256[:12]
+        stats = self._stats.get(version) or LatencyStats()
+        slot = self._build_slot(loaded, kernels, stats, [k for k in keys if _fits(loaded, k)],
+                                interpreter)
+        info = ModelInfo(version, loaded.sha256, len(data), loaded.signature, loaded.signatures,
+                         loaded.contract.inputs, loaded.contract.outputs, self._backend.name,
+                         datetime.now(timezone.utc), probe_seconds,
+                         time.perf_counter() - started - probe_seconds)
+        slot.info = info
+        self._keep_stats(version, stats)
+        self._publish_slot(slot)
+        self._serving = _Serving(loaded, kernels, info)
+        return info
+
+    def _swap_in_place(self, data: bytes, version: Optional[str], allow_contract_change: bool,
+                       serving: _Serving) -> ModelInfo:
+        """Resource policy: free the old model before the new one is even probed.
+
+        Calls made meanwhile wait (up to ``wait_timeout``).  If the new model
+        fails, the old one is rebuilt and serves again; if that fails too, no
+        model serves and calls raise ModelUnavailableError until a swap succeeds.
+        """
+        keys = self._known_shapes()
+        self.gap_stats = self._stats[serving.info.version]  # gap timeouts count against it
+        old = self._unpublish(_slots.GAP)
+        if old >= 0 and not self._reclaimer.drain(old, self.wait_timeout):
+            self._publish(old, self._slot_list()[old])  # still in use: it keeps serving
+            raise RuntimeBusyError(f"swap(): calls on the serving version were still running after "
+                                   f"{self.wait_timeout:g} s; expected them to finish")
+        if old >= 0:
+            self._reclaimer.retire(old)
+        try:
+            info = self._load_and_publish(data, version, allow_contract_change, serving, keys)
+        except BaseException as failure:
+            logger.warning("resource-policy swap failed (%s); reloading %s", failure, serving.info.version)
+            try:
+                slot = self._build_slot(serving.model, serving.kernels, self._stats[serving.info.version],
+                                        [k for k in keys if _fits(serving.model, k)], None)
+                slot.info = serving.info
+                self._publish_slot(slot)
+                self._serving = serving
+            except Exception as e:
+                self._unpublish(_slots.FAILED)
+                self._serving = None
+                logger.error("resource-policy swap: the old model %s could not be reloaded either "
+                             "(%s); no model is serving", serving.info.version, e)
+            raise
+        logger.info("swapped in %s in place (resource policy)", info.version)
+        return info
+
+    def _known_shapes(self) -> list:
+        """Every input shape the serving version's workers have allocated so far."""
+        current = self._serving_slot()
+        keys: list = []
+        for worker in current.workers_list() if current is not None else []:
+            keys += [k for k in worker.shape_keys() if k not in keys]
+        return keys
+
+    def _serving_slot(self) -> Optional[Slot]:
+        serving = self._serving
+        for slot in self._slot_list():
+            if slot is not None and serving is not None and slot.info is serving.info:
+                return slot
+        return None
+
+    def _keep_stats(self, version: str, stats: LatencyStats) -> None:
+        self._stats.pop(version, None)
+        self._stats[version] = stats  # most recent last
+        while len(self._stats) > STATS_KEPT:
+            del self._stats[next(iter(self._stats))]
 
     def _kernels(self, contract: Contract) -> list:
         pre = self._preprocess
@@ -274,53 +393,30 @@ class Runtime(SlotTable):
             contract.input(name)  # raises MisuseError for an unknown name
         return [kernel_for(pre[t.name], t) if t.name in pre else None for t in contract.inputs]
 
-    def _make(self, model: LoadedModel, kernels: list, key: Optional[ShapeKey],
-              interpreter: Any = None) -> Bound:
-        return make_bound(self._backend, model, self._num_threads, kernels, key, interpreter)
-
     def _build_slot(self, model: LoadedModel, kernels: list, stats: LatencyStats, keys: list,
-                    interpreter: Any, info: Optional[ModelInfo]) -> Slot:
+                    interpreter: Any) -> Slot:
         """Prepare a complete slot: every worker allocated for every known shape, warmed up."""
+        # The factory holds no reference to the runtime: an unclosed runtime
+        # must be freed by reference counting, not wait for the cyclic GC.
+        make = functools.partial(make_bound, self._backend, model, self._num_threads, kernels)
         workers = []
         for w in range(self._workers):
-            first = self._make(model, kernels, None, interpreter if w == 0 else None)
+            first = make(None, interpreter if w == 0 else None)
             first.warm_up()
-            worker = Worker(first, functools.partial(self._make, model, kernels),
-                            self._reclaimer.discard)
+            worker = Worker(first, make, self._reclaimer.discard)
             for key in keys:
                 if key != first.shape_key:
-                    bound = self._make(model, kernels, key)
+                    bound = make(key)
                     bound.warm_up()
                     worker.add(bound)
             workers.append(worker)
-        return Slot(workers, stats, info)
-
-    def _replace_in_place(self, loaded: LoadedModel, kernels: list, stats: LatencyStats,
-                          keys: list, interpreter: Any, serving: _Serving) -> Slot:
-        """Resource policy: free the old model first; restore it if the new one fails."""
-        old = self._unpublish(False)
-        if old >= 0:
-            self._reclaimer.retire(old, wait=True)
-        try:
-            return self._build_slot(loaded, kernels, stats, keys, interpreter, None)
-        except BaseException:
-            restored = self._build_slot(serving.model, serving.kernels, self._stats[serving.info.version],
-                                        serving.shape_keys, None, serving.info)
-            self._publish_slot(restored)
-            raise
+        return Slot(workers, stats, None)
 
     def _publish_slot(self, slot: Slot) -> None:
-        index = self._free.take()
+        index = self._free.take(self.wait_timeout)
         old = self._publish(index, slot)
         if old >= 0:
             self._reclaimer.retire(old)
-
-    @staticmethod
-    def _union_keys(slot: Slot) -> list:
-        keys: list = []
-        for worker in slot.workers_list():
-            keys += [k for k in worker.shape_keys() if k not in keys]
-        return keys
 
 
 def _fits(model: LoadedModel, key: ShapeKey) -> bool:
@@ -332,16 +428,19 @@ def _fits(model: LoadedModel, key: ShapeKey) -> bool:
 
 
 class _FreeSlots:
-    """Indices of slots that hold nothing; a swap waits here if all are retiring."""
+    """Indices of slots that hold nothing; a swap waits here (bounded) if all are retiring."""
 
     def __init__(self, capacity: int) -> None:
         self._free = list(range(capacity))
         self._cond = threading.Condition()
 
-    def take(self) -> int:
+    def take(self, timeout: float) -> int:
+        """Raises: RuntimeBusyError: if no slot frees up within ``timeout`` seconds."""
         with self._cond:
-            while not self._free:
-                self._cond.wait()
+            if not self._cond.wait_for(lambda: self._free, None if math.isinf(timeout) else timeout):
+                raise RuntimeBusyError(
+                    f"swap(): every slot holds a retired version with calls still running after "
+                    f"{timeout:g} s (a call stuck in invoke?); expected one to free up")
             return self._free.pop()
 
     def give(self, index: int) -> None:
@@ -355,52 +454,86 @@ class _Reclaimer:
 
     Destroying an interpreter holds the GIL for milliseconds; doing it here
     keeps that off the swapping thread and out of ``run``.  It holds the
-    runtime weakly, so an unclosed runtime can still be collected.
+    runtime weakly, so an unclosed runtime can still be collected.  Retired
+    slots are watched side by side, so one stuck call delays only its own.
     """
 
     def __init__(self, table: SlotTable, free: _FreeSlots) -> None:
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._thread = threading.Thread(target=_reclaim, args=(weakref.ref(table), self._queue, free),
+        self._table = weakref.ref(table)
+        self._thread = threading.Thread(target=_reclaim, args=(self._table, self._queue, free),
                                         name="tflite-hotswap-reclaimer", daemon=True)
         self._thread.start()
-        weakref.finalize(table, self._queue.put, None)
 
-    def retire(self, index: int, wait: bool = False) -> None:
-        done = threading.Event() if wait else None
-        self._queue.put((index, done))
-        if done is not None:
-            done.wait()
+    def retire(self, index: int) -> None:
+        self._queue.put(("slot", index))
 
     def discard(self, bound: Bound) -> None:
-        self._queue.put((bound, None))
+        self._queue.put(("bound", bound))
 
-    def stop(self) -> None:
+    def adopt(self, slots: list) -> None:
+        """The runtime is gone: release whatever it still held, then stop."""
+        self._queue.put(("adopt", [s for s in slots if s is not None]))
         self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+
+    def drain(self, index: int, timeout: float) -> bool:
+        """Wait until the slot at ``index`` has no reader; False after ``timeout`` seconds."""
+        table = self._table()
+        deadline = time.monotonic() + timeout
+        delay = 1e-5
+        while table is not None and table._readers(index):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to finish its work and stop; False if it is still busy after ``timeout``."""
+        self._queue.put(None)
+        if threading.current_thread() is self._thread:
+            return True
+        self._thread.join(None if math.isinf(timeout) else timeout)
+        return not self._thread.is_alive()
 
 
 def _reclaim(table_ref: "weakref.ref[SlotTable]", jobs: "queue.SimpleQueue[Any]", free: _FreeSlots) -> None:
-    while True:
-        job = jobs.get()
+    pending: list[int] = []
+    stopping = False
+    delay = 1e-5
+    while not (stopping and not pending):
+        try:
+            job = jobs.get(timeout=delay if pending else None)
+        except queue.Empty:
+            job = ()
         if job is None:
-            return
-        item, done = job
-        if isinstance(item, Bound):
-            item.release()
-        else:  # a slot index
-            table = table_ref()
-            if table is not None:
-                delay = 1e-5
-                while table._readers(item):
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1e-3)
-                slot = table._take(item)
-                del table
+            stopping = True
+        elif job:
+            kind, item = job
+            try:
+                if kind == "slot":
+                    pending.append(item)
+                elif kind == "bound":
+                    item.release()
+                else:  # "adopt": the slots of a runtime that was dropped unclosed
+                    for slot in item:
+                        slot.release_all()
+            except Exception:
+                logger.exception("reclaimer: releasing a %s failed", kind)
+            del job, item
+        delay = min(delay * 2, 1e-3) if pending else 1e-5
+        table = table_ref()
+        for index in list(pending):
+            if table is not None and table._readers(index):
+                continue
+            pending.remove(index)
+            try:
+                slot = table._take(index) if table is not None else None
                 if slot is not None:
                     slot.release_all()
                 del slot
-            free.give(item)
-        del item, job
-        if done is not None:
-            done.set()
+            except Exception:
+                logger.exception("reclaimer: releasing slot %d failed", index)
+            free.give(index)
+            delay = 1e-5
+        del table
