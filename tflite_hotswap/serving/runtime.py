@@ -339,7 +339,11 @@ class Runtime(SlotTable):
             raise RuntimeBusyError(f"swap(): calls on the serving version were still running after "
                                    f"{self.wait_timeout:g} s; expected them to finish")
         if old >= 0:
-            self._reclaimer.retire(old)
+            # Freed here and now, before the new model is probed or loaded: the
+            # point of this policy is never to hold both.  Callers are waiting
+            # through the gap anyway; the swapping thread pays the destruction.
+            self._take(old).release_all()
+            self._free.give(old)
         try:
             info = self._load_and_publish(data, version, allow_contract_change, serving, keys)
         except BaseException as failure:
