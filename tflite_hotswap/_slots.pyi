@@ -1,18 +1,19 @@
 """Typed stubs for the slot table (pyx/tflite_hotswap/_slots.pyx)."""
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 from ._typing import Buffer
 
-Inputs = Union[Buffer, Mapping[str, Buffer]]
-Outputs = Union[Any, dict[str, Any]]
+Inputs = Buffer | Mapping[str, Buffer]
+Outputs = Any | dict[str, Any]
 
 GAP: int
 CLOSED: int
 FAILED: int
 
 class LatencyStats:
-    def snapshot(self) -> dict[str, float]: ...
+    def snapshot(self) -> dict[str, Any]: ...
     def record_outcome(self, outcome: int) -> None: ...
 
 class Bound:
@@ -41,7 +42,7 @@ class Slot:
 class SlotTable:
     wait_timeout: float
     gap_stats: LatencyStats
-    def run(self, inputs: Inputs, *, out: Optional[Outputs] = ...) -> Outputs:
+    def run(self, inputs: Inputs, *, out: Outputs | None = ...) -> Outputs:
         """Run one inference on the serving model.
 
         Args:
@@ -64,7 +65,7 @@ class SlotTable:
                 and the reload of the old model both failed).
             KeyboardInterrupt: Ctrl+C while waiting.
         """
-    def run_batch(self, samples: Sequence[Inputs], *, out: Optional[Outputs] = ...) -> Outputs:
+    def run_batch(self, samples: Sequence[Inputs], *, out: Outputs | None = ...) -> Outputs:
         """Gather per-sample inputs straight into the batch input tensor and run once.
 
         Args:
@@ -86,7 +87,7 @@ class SlotTable:
     def _capacity() -> int: ...
     def _publish(self, index: int, slot: Slot) -> int: ...
     def _unpublish(self, state: int) -> int: ...
-    def _slot_list(self) -> list[Optional[Slot]]: ...
+    def _slot_list(self) -> list[Slot | None]: ...
     def _inside_call(self) -> bool: ...
     def _readers(self, index: int) -> int: ...
-    def _take(self, index: int) -> Optional[Slot]: ...
+    def _take(self, index: int) -> Slot | None: ...

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
 from .._slots import Bound
-from .backend import Backend
-from .contract import Contract, contract_of, signature_of
 from ..errors import InputError, InvalidModelError, MisuseError, UnsupportedModelError
 from ..safety.isolation import prove_loadable
 from ..safety.verify import verify_model
+from .backend import Backend
+from .contract import Contract, contract_of, signature_of
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
-ShapeKey = tuple  # one shape tuple per input, in contract order
+ShapeKey = tuple[tuple[int, ...], ...]  # one shape tuple per input, in contract order
 
 # Every TFLite flatbuffer carries this file identifier at offset 4.
 _TFLITE_IDENTIFIER = b"TFL3"
@@ -37,9 +38,9 @@ class LoadedModel:
 
     data: bytes
     sha256: str
-    signature: Optional[str]
+    signature: str | None
     subgraph: int
-    signatures: dict
+    signatures: dict[str, dict[str, list[str]]]
     contract: Contract
     dynamic: bool
 
@@ -71,8 +72,8 @@ def read_model(model: ModelSource) -> bytes:
     return data
 
 
-def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: Optional[int],
-                  signature: Optional[str]) -> tuple[Any, LoadedModel]:
+def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: int | None,
+                  signature: str | None) -> tuple[Any, LoadedModel]:
     """Construct one interpreter for ``data`` and read its contract.
 
     Returns the interpreter (tensors not yet allocated, so it can serve as a
@@ -115,7 +116,7 @@ def check_servable(contract: Contract) -> None:
                     f"got rank {len(spec.shape)}")
 
 
-def load_proven(backend: Backend, data: bytes, num_threads: Optional[int], signature: Optional[str],
+def load_proven(backend: Backend, data: bytes, num_threads: int | None, signature: str | None,
                 isolate: bool) -> tuple[Any, LoadedModel, float]:
     """Prove ``data`` loadable in isolation when ``isolate``, then :func:`inspect_model` it here.
 
@@ -156,8 +157,8 @@ def check_shape_key(model: LoadedModel, key: ShapeKey) -> None:
             raise InputError(f"input {spec.name!r}: expected shape {shown}, got {tuple(shape)}")
 
 
-def make_bound(backend: Backend, model: LoadedModel, num_threads: Optional[int],
-               kernels: Sequence[Any], key: Optional[ShapeKey] = None,
+def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
+               kernels: Sequence[Any], key: ShapeKey | None = None,
                interpreter: Any = None) -> Bound:
     """Allocate an interpreter for input shapes ``key`` (None: the model's own) and bind it.
 
