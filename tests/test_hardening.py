@@ -203,6 +203,30 @@ def test_callers_beyond_workers_take_turns():
     assert min(counts) >= 0.5 * max(counts), counts
 
 
+def test_readers_keep_running_while_a_thread_swaps_continuously():
+    """Per reader: progress during 200 back-to-back swaps, counted in calls per swap."""
+    data = model_bytes("tiny_f32")
+    with Runtime(data) as rt:
+        x = np.zeros(rt.info.inputs[0].shape, np.float32)
+        done = threading.Event()
+        counts = [0, 0]
+
+        def reader(i: int) -> None:
+            while not done.is_set():
+                rt.run(x)
+                counts[i] += 1
+
+        readers = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+        for t in readers:
+            t.start()
+        for _ in range(200):
+            rt.swap(data)
+        done.set()
+        for t in readers:
+            t.join()
+    assert min(counts) >= 20 * 200, counts  # a545f50: ~6 per swap per reader
+
+
 # ------------------------------------------------ 11: unbounded waits, Ctrl+C
 
 
