@@ -19,7 +19,7 @@ import math
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import DeliveryError, ManifestError, MisuseError, SerialRollbackError
@@ -53,8 +53,8 @@ class Version:
     size: int
     contract: Contract
     created: str
-    min_client_version: Optional[str] = None
-    golden: Optional[Golden] = None
+    min_client_version: str | None = None
+    golden: Golden | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Experiment:
 class ModelEntry:
     versions: dict[str, Version]
     channels: dict[str, str]
-    rollout: Optional[Rollout] = None
+    rollout: Rollout | None = None
     experiments: tuple[Experiment, ...] = ()
 
 
@@ -118,7 +118,7 @@ def device_fraction(salt: str, device_id: str) -> float:
 
 
 def choose_version(entry: ModelEntry, device_id: str, channel: str = "stable",
-                   client_version: Optional[str] = None) -> str:
+                   client_version: str | None = None) -> str:
     """The version this device should run.
 
     In order: the device's arm of the first experiment, then the staged
@@ -159,7 +159,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 # -------------------------------------------------------------------- parsing
 
 
-def parse_manifest(data: bytes, *, min_serial: Optional[int] = None) -> Manifest:
+def parse_manifest(data: bytes, *, min_serial: int | None = None) -> Manifest:
     """Parse and validate manifest JSON.
 
     Args:
@@ -355,13 +355,13 @@ def check_name(value: str, where: str) -> None:
         raise ManifestError(f"{where}: expected 1-64 of [A-Za-z0-9._-] starting alphanumeric, got {value!r}")
 
 
-def _check_listed(version: str, versions: dict, where: str) -> None:
+def _check_listed(version: str, versions: dict[str, Any], where: str) -> None:
     if version not in versions:
         raise ManifestError(f"{where}: expected a listed version ({sorted(versions)}), got {version!r}")
 
 
-def _dump(manifest: Manifest) -> dict:
-    def version(v: Version) -> dict:
+def _dump(manifest: Manifest) -> dict[str, Any]:
+    def version(v: Version) -> dict[str, Any]:
         d: dict[str, Any] = {"url": v.url, "sha256": v.sha256, "size": v.size,
                              "contract": v.contract.to_dict(), "created": v.created}
         if v.min_client_version is not None:
@@ -371,7 +371,7 @@ def _dump(manifest: Manifest) -> dict:
                            "tolerance": v.golden.tolerance}
         return d
 
-    def model(m: ModelEntry) -> dict:
+    def model(m: ModelEntry) -> dict[str, Any]:
         d: dict[str, Any] = {"versions": {k: version(v) for k, v in m.versions.items()},
                              "channels": dict(m.channels)}
         if m.rollout is not None:

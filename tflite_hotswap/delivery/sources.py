@@ -16,8 +16,9 @@ import os
 import random
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, TypeVar
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ..errors import DownloadTimeoutError, HTTPStatusError, MisuseError, TransportError
@@ -54,6 +55,9 @@ class FetchConfig:
     manifest_max_bytes: int = 16 * 1024 * 1024
     disk_margin_bytes: int = 64 * 1024 * 1024
     lock_timeout: float = 600.0
+
+
+DEFAULT_CONFIG = FetchConfig()
 
 
 @dataclass
@@ -181,7 +185,7 @@ class FileSource(Source):
         """The open file, its validator and its size."""
         path = os.path.join(self.root, *urlsplit(url).path.split("/"))
         try:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 (returned to the caller, who closes it)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
             raise _retryable(TransportError(f"{path}: expected a file, found none"), False) from e
         except OSError as e:
@@ -284,7 +288,7 @@ class HTTPSource(Source):
         try:
             with _transport_errors(what, config):
                 conn.connect()
-                conn.sock = _DeadlineSocket(conn.sock, what, config, deadline)  # type: ignore[assignment]
+                conn.sock = _DeadlineSocket(conn.sock, what, config, deadline)
                 target = parts.path + (f"?{parts.query}" if parts.query else "")
                 conn.request("GET", target, headers={**self.headers, **headers})
                 response = conn.getresponse()

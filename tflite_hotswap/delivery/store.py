@@ -28,13 +28,28 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
-from ..errors import (DeliveryError, DiskFullError, DownloadTimeoutError, HashMismatchError,
-                      LockTimeoutError, SizeExceededError, StorageError, TransportError)
+from ..errors import (
+    DeliveryError,
+    DiskFullError,
+    DownloadTimeoutError,
+    HashMismatchError,
+    LockTimeoutError,
+    SizeExceededError,
+    StorageError,
+    TransportError,
+)
 from .manifest import MAX_INT, SHA256, Manifest, Version, parse_manifest
-from .sources import FetchConfig, RangeNotSatisfiable, Source, with_retries
+from .sources import (
+    DEFAULT_CONFIG,
+    FetchConfig,
+    RangeNotSatisfiable,
+    Source,
+    with_retries,
+)
 
 Progress = Callable[[int, int], None]
 ModelRecord = dict[str, Any]
@@ -43,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
+def storage_errors(what: str) -> Iterator[None]:
     """Turn file system errors into StorageError (the one place); delivery errors pass through."""
     try:
         yield
@@ -51,6 +66,36 @@ def _storage_errors(what: str) -> Iterator[None]:
         raise
     except OSError as e:
         raise StorageError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def file_lock(path: str, timeout: float | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Args:
+        path: the lock file.
+        timeout: seconds to wait for another holder; None waits as long as it takes.
+
+    Raises:
+        LockTimeoutError: if another process held it longer than ``timeout``.
+        StorageError: if the lock file cannot be opened.
+    """
+    with contextlib.ExitStack() as stack:
+        with storage_errors(f"{path}: expected a lock file"):
+            f = stack.enter_context(open(path, "a+b"))
+        if timeout is None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        deadline = time.monotonic() + (timeout or 0.0)
+        while timeout is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeoutError(f"{path}: another process held the lock for more "
+                                           f"than {timeout:g} s") from None
+                time.sleep(0.01)
+        yield
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -115,12 +160,12 @@ class Store:
         StorageError: if the folder cannot be created or read.
     """
 
-    def __init__(self, root: str, *, keep: int = 2, config: FetchConfig = FetchConfig()) -> None:
+    def __init__(self, root: str, *, keep: int = 2, config: FetchConfig = DEFAULT_CONFIG) -> None:
         self.root = os.path.abspath(root)
         self.keep = keep
         self.config = config
         self._manifest: tuple[str | None, Manifest] | None = None  # (ETag, parsed)
-        with _storage_errors(f"{self.root}: could not open the store"):
+        with storage_errors(f"{self.root}: could not open the store"):
             for sub in ("objects", "partial", "locks"):
                 os.makedirs(os.path.join(self.root, sub), exist_ok=True)
             with self._state_lock():
@@ -174,29 +219,9 @@ class Store:
 
     # --------------------------------------------------------------- state
 
-    @contextlib.contextmanager
-    def _state_lock(self) -> Iterator[None]:
-        with self._flock(os.path.join(self.root, ".lock"), self.config.lock_timeout):
-            yield
-
-    @contextlib.contextmanager
-    def _flock(self, path: str, timeout: float) -> Iterator[None]:
-        with _storage_errors(f"{path}: expected a lock file"):
-            f = open(path, "a+b")
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LockTimeoutError(f"{path}: another process held the lock for more "
-                                               f"than {timeout:g} s") from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            f.close()
+    def _state_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Serialises read-modify-write of the state record (and entry into ``objects/``)."""
+        return file_lock(os.path.join(self.root, ".lock"), self.config.lock_timeout)
 
     def _read_state(self) -> dict[str, Any]:
         """The state record, checked.
@@ -322,7 +347,7 @@ class Store:
             if self._manifest is not None and self._manifest[0] == etag:
                 logger.debug("manifest not modified (ETag %s)", etag)
                 return self._manifest[1], False  # not modified: nothing re-parsed
-            with _storage_errors(f"{stored}: expected the stored manifest"), open(stored, "rb") as f:
+            with storage_errors(f"{stored}: expected the stored manifest"), open(stored, "rb") as f:
                 manifest = parse_manifest(f.read())
             self._manifest = (etag, manifest)
             return manifest, False
@@ -362,9 +387,9 @@ class Store:
         """
         if not self._record_if_stored(model, version):
             lock = os.path.join(self.root, "locks", version.sha256 + ".lock")
-            with self._flock(lock, self.config.lock_timeout):
+            with file_lock(lock, self.config.lock_timeout):
                 if not self._record_if_stored(model, version):  # nobody finished it meanwhile
-                    with _storage_errors(f"{version.url}: download into {self.root}"):
+                    with storage_errors(f"{version.url}: download into {self.root}"):
                         self._download(source, model, version, progress)
         return self.object_path(version.sha256)
 
@@ -483,7 +508,7 @@ class Store:
         Raises:
             StorageError: if the store cannot be read or written.
         """
-        with self._state_lock(), _storage_errors(f"{self.root}: prune"):
+        with self._state_lock(), storage_errors(f"{self.root}: prune"):
             state = self._read_state()
             wanted = set()
             for m in state["models"].values():
