@@ -510,7 +510,7 @@ class Store:
         """
         with self._state_lock(), storage_errors(f"{self.root}: prune"):
             state = self._read_state()
-            wanted = set()
+            wanted, forgotten = set(), 0
             for m in state["models"].values():
                 newest = sorted(m["versions"].items(), key=lambda kv: kv[1]["stored_at"], reverse=True)
                 keepers = {m["current"], m["last_known_good"]} | {v for v, _ in newest[:self.keep]}
@@ -519,7 +519,9 @@ class Store:
                         wanted.add(m["versions"][version]["sha256"])
                     else:
                         del m["versions"][version]
-            self._write_state(state)
+                        forgotten += 1
+            if forgotten:
+                self._write_state(state)
             removed = []
             for name in os.listdir(os.path.join(self.root, "objects")):
                 if name not in wanted:
