@@ -72,7 +72,7 @@ if sys.argv[1] == "fetch":
     print(path)
 elif sys.argv[1] == "publish":
     _, _, repo, model_file, model, version = sys.argv
-    publish(repo, model_file, model=model, version=version, channel="stable")
+    publish(repo, model_file, model=model, version=version, channel="stable", allow_contract_change=True)
 elif sys.argv[1] == "fetch-loop":
     print(fetch_loop(sys.argv[2], sys.argv[3], int(sys.argv[4])))
 elif sys.argv[1] == "prune-loop":
