@@ -324,3 +324,10 @@ def test_recovery_and_prune_deletions_are_logged(tmp_path, caplog, server):
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert ("WARNING", f"store recovery: deleting {path} (content does not match the name)") in messages
     assert ("INFO", f"pruned {stray}") in messages
+
+
+def test_record_refuses_a_version_whose_file_is_not_stored(tmp_path):
+    store = Store(str(tmp_path / "s"), config=FAST)
+    with pytest.raises(StorageError, match="expected its file .* in the store, found none"):
+        store.record("m", V2)
+    store_is_consistent(store.root)

@@ -274,9 +274,12 @@ class Store:
         """Remember that ``version`` of ``model`` is stored (its sha256 and when).
 
         Raises:
-            StorageError: if the state record cannot be read or written.
+            StorageError: if its file is not stored here, or the state record
+                cannot be read or written.
         """
-        self._update_model(model, _recorder(version))
+        if not self._record_if_stored(model, version):
+            raise StorageError(f"{model} {version.id}: expected its file {version.sha256} in the store, "
+                               f"found none")
 
     def mark_current(self, model: str, version: str, *, good: bool = True) -> None:
         """Record ``version`` as serving; ``good`` also makes it the last-known-good.
