@@ -151,9 +151,13 @@ def _wait(pid: int, message_fd: int, timeout: float) -> tuple[int, int, bytes]:
 
 def serve(check_name: str, backend: str) -> None:
     """Answer requests on the socket until the parent closes it."""
-    sock = socket.socket(fileno=SOCKET_FD)
-    check = load_check(check_name)(backend)
-    sock.sendall(READY)
+    with socket.socket(fileno=SOCKET_FD) as sock:
+        check = load_check(check_name)(backend)
+        sock.sendall(READY)
+        _serve(sock, check)
+
+
+def _serve(sock: socket.socket, check: Check) -> None:
     while True:
         try:
             sig_len, threads, model_len, timeout, address_space, cpu = REQUEST.unpack(
