@@ -56,8 +56,6 @@ CACHE_SIZE = 1024
 # Signals that a fault in the backend raises: the same model crashes the same way.
 DEFINITE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
                               signal.SIGABRT})
-# How long the prober may take beyond the probe's own timeout to answer.
-_GRACE = 10.0
 _MAIN = "from tflite_hotswap.safety._probe import main; main()"
 
 
@@ -73,12 +71,15 @@ class ProbeLimits:
             number of CPUs (threads add up), rounded up.
         start_timeout: seconds a new prober may take to start (import the
             backend).
+        grace: seconds the prober may take beyond ``timeout`` to answer
+            before it is taken for wedged, killed and replaced.
     """
 
     timeout: float = 60.0
     memory: Optional[int] = None
     cpu_seconds: Optional[int] = None
     start_timeout: float = 60.0
+    grace: float = 10.0
 
     @classmethod
     def from_env(cls) -> ProbeLimits:
@@ -150,8 +151,7 @@ def prove_loadable(check: str, backend: str, data: bytes, sha256: str,
         _raise_verdict(cached)
         return 0.0
     started = time.perf_counter()
-    answer = _ask(state, check, backend, data, signature, num_threads, resolved,
-                  limits.start_timeout)
+    answer = _ask(state, check, backend, data, signature, num_threads, resolved, limits)
     spent = time.perf_counter() - started
     verdict = _Verdict.of(answer, backend, resolved[0])
     if verdict.definite:
@@ -251,9 +251,10 @@ class _Prober:
         logger.info("started the %s", self.name)
 
     def ask(self, data: bytes, signature: Optional[str], num_threads: Optional[int],
-            resolved: tuple[float, int, int]) -> tuple[int, int, bytes]:
+            resolved: tuple[float, int, int], grace: float) -> tuple[int, int, bytes]:
         timeout, memory, cpu = resolved
-        deadline = time.monotonic() + timeout + _GRACE + len(data) / 50e6
+        # Sending 50 MB/s at least, even on a board.
+        deadline = time.monotonic() + timeout + grace + len(data) / 50e6
         sig = (signature or "").encode()
         header = _probe.REQUEST.pack(len(sig), num_threads or 0, len(data), timeout, memory, cpu)
         self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -324,10 +325,10 @@ _state = _State(OrderedDict())
 
 def _ask(state: _State, check: str, backend: str, data: bytes, signature: Optional[str],
          num_threads: Optional[int], resolved: tuple[float, int, int],
-         start_timeout: float) -> tuple[int, int, bytes]:
+         limits: ProbeLimits) -> tuple[int, int, bytes]:
     # The lock is held across the probe; its own wait is bounded too, so that a
     # second swap waits for the first probe's bound, not forever.
-    lock_wait = start_timeout + resolved[0] + _GRACE + len(data) / 50e6
+    lock_wait = limits.start_timeout + resolved[0] + limits.grace + len(data) / 50e6
     if not state.lock.acquire(timeout=lock_wait):
         raise IsolationError(f"another probe held the prober for more than {lock_wait:g} s; "
                              f"expected it to finish within its timeout")
@@ -336,15 +337,16 @@ def _ask(state: _State, check: str, backend: str, data: bytes, signature: Option
             prober = state.probers.get((check, backend))
             try:
                 if prober is None:
-                    prober = state.probers[(check, backend)] = _Prober(check, backend, start_timeout)
-                return prober.ask(data, signature, num_threads, resolved)
+                    prober = _Prober(check, backend, limits.start_timeout)
+                    state.probers[(check, backend)] = prober
+                return prober.ask(data, signature, num_threads, resolved, limits.grace)
             except socket.timeout as e:
                 # Stopped or wedged: asking again would wait as long again.
                 _discard(state, check, backend)
                 logger.warning("the %s prober did not answer in time (%s); killed it", backend, e)
                 raise IsolationError(
-                    f"the {backend} prober did not answer within {resolved[0] + _GRACE:g} s (the "
-                    f"probe's timeout plus {_GRACE:g} s); killed it, the model was not judged; "
+                    f"the {backend} prober did not answer within {resolved[0] + limits.grace:g} s "
+                    f"(the probe's timeout plus {limits.grace:g} s); killed it, the model was not judged; "
                     f"expected an answer") from e
             except (OSError, EOFError) as e:
                 _discard(state, check, backend)
