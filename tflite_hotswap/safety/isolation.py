@@ -56,7 +56,10 @@ CACHE_SIZE = 1024
 # Signals that a fault in the backend raises: the same model crashes the same way.
 DEFINITE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
                               signal.SIGABRT})
-_MAIN = "from tflite_hotswap.safety._probe import main; main()"
+# -c, not -m (runpy warns about a module of an imported package).  -c puts the
+# working directory first on sys.path, where a source checkout would shadow
+# the installed package: dropped, PYTHONPATH says where this package is.
+_MAIN = "import sys; del sys.path[0]; from tflite_hotswap.safety._probe import main; main()"
 
 
 @dataclass(frozen=True)
