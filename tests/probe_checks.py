@@ -17,7 +17,7 @@ Check = Callable[[bytes, Optional[str], Optional[int]], None]
 
 def _logged(action: Callable[[bytes], None]) -> Callable[[str], Check]:
     def factory(backend: str) -> Check:
-        def check(data: bytes, signature: Optional[str], num_threads: Optional[int]) -> None:
+        def check(data: bytes, signature: str | None, num_threads: int | None) -> None:
             with open(os.environ["PROBE_CHECK_LOG"], "a") as log:
                 log.write(f"{os.getpid()}\n")
             action(data)

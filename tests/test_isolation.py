@@ -21,6 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from conftest import model_bytes, model_path
 
 import tflite_hotswap
 from tflite_hotswap import InvalidModelError, MisuseError, Runtime
@@ -29,8 +30,6 @@ from tflite_hotswap.safety import isolation
 from tflite_hotswap.safety.isolation import ProbeLimits, prove_loadable
 from tflite_hotswap.safety.verify import verify_model
 from tflite_hotswap.serving.loader import PROBE_CHECK
-
-from conftest import model_bytes, model_path
 
 TESTS = pathlib.Path(__file__).parent
 X16 = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
@@ -113,7 +112,7 @@ def test_model_that_crashes_the_binding_crashes_the_probe_not_the_server(name, t
     The serving process is a child, so a regression kills it, not pytest.
     """
     done = subprocess.run([sys.executable, "-c", _SWAP_IN_CHILD, model_path("version_1"),
-                           model_path(name)], capture_output=True, text=True, timeout=300,
+                           model_path(name)], capture_output=True, text=True, timeout=300, check=False,
                           cwd=tmp_path)  # not the repository root: the installed package
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused:" in done.stdout and "crashed (SIGSEGV)" in done.stdout, done.stdout
@@ -296,7 +295,7 @@ def test_no_warnings_no_resource_warnings_at_exit(tmp_path):
     """)
     env = dict(os.environ, PYTHONWARNINGS="error")
     done = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
+                          text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "done"
     assert "Warning" not in done.stderr, done.stderr[-2000:]
@@ -309,8 +308,8 @@ def test_probe_verdicts_are_logged(backend_name, caplog):
     with pytest.raises(InvalidModelError):
         prove_loadable(PROBE_CHECK, backend_name, bad, _sha(bad, "log"))
     records = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert ("INFO", f"{_sha(good, 'log')[:12]}: {backend_name} loaded and ran the model in an "
-                    f"isolated process") in [(lv, m.rsplit(" (", 1)[0]) for lv, m in records]
+    loaded = f"{_sha(good, 'log')[:12]}: {backend_name} loaded and ran the model in an isolated process"
+    assert ("INFO", loaded) in [(lv, m.rsplit(" (", 1)[0]) for lv, m in records]
     assert any(lv == "WARNING" and m.startswith(f"{_sha(bad, 'log')[:12]}: refused: ")
                and "SIGSEGV" in m for lv, m in records)
 

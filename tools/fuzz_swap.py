@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SEEDS = sorted([p for p in (ROOT / "tests" / "models").glob("*.tflite")
@@ -91,7 +91,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         return f"bytes {spots}", bytes(out)
     try:
         fields = _index_fields(data)
-    except Exception:  # a seed we cannot read: flip bytes instead
+    except Exception:  # noqa: BLE001 (a seed we cannot read: flip bytes instead)
         fields = []
     if not fields:
         return mutate(data, rng)
@@ -112,7 +112,8 @@ def serve() -> None:
 
     from tflite_hotswap import HotswapError, Runtime
 
-    rt = Runtime(str(BASE))
+    # --no-isolate: to see what the probe saves the serving process from.
+    rt = Runtime(str(BASE), isolate=None if os.environ.get("FUZZ_ISOLATE", "1") == "1" else False)
     print("ready", flush=True)
     for line in sys.stdin:
         path = line.strip()
@@ -124,7 +125,7 @@ def serve() -> None:
             verdict = "accepted"
         except HotswapError as e:
             verdict = f"refused {type(e).__name__}"
-        except Exception as e:  # untyped: a finding, but not a death
+        except Exception as e:  # noqa: BLE001 (untyped: a finding, not a death)
             verdict = f"untyped {type(e).__name__}: {str(e)[:200]}"
         try:
             rt.swap(str(BASE), allow_contract_change=True)
@@ -145,12 +146,12 @@ class _Child:
         if self.answer(ANSWER_BOUND) != "ready":
             raise SystemExit(f"the serving child did not start (status {self.proc.poll()})")
 
-    def answer(self, bound: float) -> Optional[str]:
+    def answer(self, bound: float) -> str | None:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], bound)
         return self.proc.stdout.readline().strip() if ready else None
 
-    def ask(self, path: str) -> tuple[str, Optional[str]]:
+    def ask(self, path: str) -> tuple[str, str | None]:
         """("answer", verdict) | ("died", signal name) | ("hung", None)."""
         assert self.proc.stdin is not None
         try:
@@ -180,7 +181,7 @@ class _Child:
             self.proc.wait()
 
 
-def campaign(seconds: float, seed: int, out: Optional[pathlib.Path]) -> dict[str, Any]:
+def campaign(seconds: float, seed: int, out: pathlib.Path | None) -> dict[str, Any]:
     rng = random.Random(seed)
     seeds = [p.read_bytes() for p in SEEDS]
     counts: dict[str, Any] = {"backend": os.environ.get("TFLITE_HOTSWAP_BACKEND", "auto"),
@@ -226,7 +227,11 @@ def main() -> None:
                         default=float(os.environ.get("TFLITE_HOTSWAP_FUZZ_SECONDS", "20")))
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--out", type=pathlib.Path, help="folder to keep crashers in")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="serve without the isolation probe (to measure what it prevents)")
     args = parser.parse_args()
+    if args.no_isolate:
+        os.environ["FUZZ_ISOLATE"] = "0"
     if args.serve:
         serve()
         return

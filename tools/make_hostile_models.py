@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import tflite_tree as T  # noqa: E402
+import tflite_tree as T
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "tests" / "models"
 Tree = dict[str, Any]

@@ -36,7 +36,7 @@ class Vec:
         return list(struct.unpack(f"<{len(self.raw) // self.size}{fmt}", self.raw))
 
     @classmethod
-    def of_ints(cls, size: int, values: list[int]) -> "Vec":
+    def of_ints(cls, size: int, values: list[int]) -> Vec:
         fmt = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
         return cls(size, struct.pack(f"<{len(values)}{fmt}", *values))
 

@@ -94,7 +94,7 @@ def _mapped_bytes() -> int:
         return 0
 
 
-def _run_fork(check: Check, data: bytes, signature: Optional[str], num_threads: Optional[int],
+def _run_fork(check: Check, data: bytes, signature: str | None, num_threads: int | None,
               address_space: int, cpu_seconds: int, message_fd: int, prober_pid: int) -> int:
     """The throwaway process: limit itself, run the check, return the exit status."""
     # Nothing of the conversation may leak into (or out of) this process.
@@ -118,7 +118,7 @@ def _run_fork(check: Check, data: bytes, signature: Optional[str], num_threads: 
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     try:
         check(data, signature, num_threads)
-    except BaseException as e:  # the verdict, whatever was raised
+    except BaseException as e:  # noqa: BLE001 (the verdict, whatever was raised)
         # "module.Class\0message": the parent re-raises library errors by type.
         kind = f"{type(e).__module__}.{type(e).__qualname__}"
         os.write(message_fd, f"{kind}\0{e}".encode(errors="replace")[:_MAX_MESSAGE])

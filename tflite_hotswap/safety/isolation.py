@@ -42,11 +42,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
 
-from . import _probe
 from .. import errors
 from ..errors import HotswapError, InvalidModelError, IsolationError
+from . import _probe
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +78,8 @@ class ProbeLimits:
     """
 
     timeout: float = 60.0
-    memory: Optional[int] = None
-    cpu_seconds: Optional[int] = None
+    memory: int | None = None
+    cpu_seconds: int | None = None
     start_timeout: float = 60.0
     grace: float = 10.0
 
@@ -104,7 +103,7 @@ class ProbeLimits:
         return self.timeout, memory, cpu
 
 
-def _env_number(name: str) -> Optional[float]:
+def _env_number(name: str) -> float | None:
     text = os.environ.get(name)
     if not text:
         return None
@@ -118,8 +117,8 @@ def _env_number(name: str) -> Optional[float]:
 
 
 def prove_loadable(check: str, backend: str, data: bytes, sha256: str,
-                   signature: Optional[str] = None, num_threads: Optional[int] = None,
-                   limits: Optional[ProbeLimits] = None) -> float:
+                   signature: str | None = None, num_threads: int | None = None,
+                   limits: ProbeLimits | None = None) -> float:
     """Run ``check`` on ``data`` in a throwaway child process; return the seconds spent.
 
     Returns 0.0 when a definite verdict for this model was already known.
@@ -174,7 +173,7 @@ def prove_loadable(check: str, backend: str, data: bytes, sha256: str,
 
 @dataclass(frozen=True)
 class _Verdict:
-    error: Optional[type[HotswapError]]  # None: loaded and ran
+    error: type[HotswapError] | None  # None: loaded and ran
     message: str
     definite: bool
 
@@ -253,7 +252,7 @@ class _Prober:
             raise EOFError(f"the prober sent {ready!r}; expected {_probe.READY!r}")
         logger.info("started the %s", self.name)
 
-    def ask(self, data: bytes, signature: Optional[str], num_threads: Optional[int],
+    def ask(self, data: bytes, signature: str | None, num_threads: int | None,
             resolved: tuple[float, int, int], grace: float) -> tuple[int, int, bytes]:
         timeout, memory, cpu = resolved
         # Sending 50 MB/s at least, even on a board.
@@ -326,8 +325,8 @@ class _State:
 _state = _State(OrderedDict())
 
 
-def _ask(state: _State, check: str, backend: str, data: bytes, signature: Optional[str],
-         num_threads: Optional[int], resolved: tuple[float, int, int],
+def _ask(state: _State, check: str, backend: str, data: bytes, signature: str | None,
+         num_threads: int | None, resolved: tuple[float, int, int],
          limits: ProbeLimits) -> tuple[int, int, bytes]:
     # The lock is held across the probe; its own wait is bounded too, so that a
     # second swap waits for the first probe's bound, not forever.

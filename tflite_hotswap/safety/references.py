@@ -22,17 +22,20 @@ vectors are checked with numpy: the work is linear in the model's size.
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import Any
 
 import numpy as np
 
-from ._tflite_schema import TABLES, UNIONS
+from ._tflite_schema import TABLES as _GENERATED_TABLES
+from ._tflite_schema import UNIONS
 
 _U8, _U16, _U32, _I32 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<i"))
+TABLES: dict[str, tuple[tuple[Any, ...], ...]] = _GENERATED_TABLES
 
 
 def _slot(name: str, field: str) -> int:
-    return next(f[0] for f in TABLES[name] if f[1] == field)
+    slot: int = next(f[0] for f in TABLES[name] if f[1] == field)
+    return slot
 
 
 # Options tables' fields that name a subgraph: {table: [(slot, field, is_vector)]}.
@@ -56,7 +59,7 @@ class _Table:
         vtable = pos - _I32.unpack_from(buf, pos)[0]
         self.vtable, self.vsize = vtable, _U16.unpack_from(buf, vtable)[0]
 
-    def at(self, slot: int) -> Optional[int]:
+    def at(self, slot: int) -> int | None:
         if slot >= self.vsize:
             return None
         rel = _U16.unpack_from(self.buf, self.vtable + slot)[0]
@@ -90,7 +93,7 @@ class _Table:
         return [_Table(self.buf, first + 4 * i + _U32.unpack_from(self.buf, first + 4 * i)[0])
                 for i in range(n)]
 
-    def table(self, slot: int) -> Optional[_Table]:
+    def table(self, slot: int) -> _Table | None:
         at = self.at(slot)
         return None if at is None else _Table(self.buf, at + _U32.unpack_from(self.buf, at)[0])
 

@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ._tflite_schema import TABLES, UNIONS
-from .references import BrokenReference, check_references
 from ..errors import InvalidModelError
+from ._tflite_schema import TABLES as _GENERATED_TABLES
+from ._tflite_schema import UNIONS
+from .references import BrokenReference, check_references
 
+# Generated data of mixed tuples: (slot, field, kind, detail[, type slot]).
+TABLES: dict[str, tuple[tuple[Any, ...], ...]] = _GENERATED_TABLES
 _MAX_DEPTH = 64
 _MAX_TABLES = 1_000_000
 _MAX_BUFFER = 2**31 - 1
@@ -52,7 +55,7 @@ class _Verifier:
     def offset(self, at: int, what: str) -> int:
         """Follow the uoffset stored at ``at``; return the target position."""
         self.need(at, 4, 4, what)
-        o = _U32.unpack_from(self.buf, at)[0]
+        o: int = _U32.unpack_from(self.buf, at)[0]
         if o == 0 or o >= 2**31:
             raise _Invalid(f"{what} at byte {at} has offset {o}; expected 1 to 2**31-1")
         self.need(at + o, 1, 1, what)
