@@ -118,6 +118,17 @@ def test_model_that_crashes_the_binding_crashes_the_probe_not_the_server(name, t
     assert "refused:" in done.stdout and "crashed (SIGSEGV)" in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("name", ["crasher_litert_version_1_field_1724",
+                                  "crasher_litert_quant_uint8_field_720"])
+def test_fuzz_crashers_are_refused_and_the_server_lives(name, tmp_path):
+    """Found by tools/fuzz_swap.py --no-isolate: each killed a LiteRT serving process with SIGSEGV."""
+    done = subprocess.run([sys.executable, "-c", _SWAP_IN_CHILD, model_path("version_1"),
+                           model_path(name)], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused:"), done.stdout
+
+
 def test_isolation_is_on_by_default_for_every_backend(backend_name, monkeypatch):
     monkeypatch.setattr(isolation._state, "cache", OrderedDict())  # nothing known yet
     with Runtime(model_path("version_1")) as rt:
