@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -14,7 +14,7 @@ from .._slots import Bound
 from ..errors import InputError, InvalidModelError, MisuseError, UnsupportedModelError
 from ..safety.isolation import prove_loadable
 from ..safety.verify import verify_model
-from .backend import Backend
+from .backend import Backend, load_backend
 from .contract import Contract, contract_of, signature_of
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -127,9 +127,35 @@ def load_proven(backend: Backend, data: bytes, num_threads: int | None, signatur
         MisuseError: if ``signature`` does not exist or is ambiguous.
     """
     sha256 = hashlib.sha256(data).hexdigest()
-    probe_seconds = prove_loadable(backend.name, data, sha256, signature, num_threads) if isolate else 0.0
+    probe_seconds = (prove_loadable(PROBE_CHECK, backend.name, data, sha256, signature, num_threads)
+                     if isolate else 0.0)
     interpreter, model = inspect_model(backend, data, sha256, num_threads, signature)
     return interpreter, model, probe_seconds
+
+
+# What the isolation probe runs, named rather than imported: safety/ is a lower
+# layer than serving/ and must not import it.
+PROBE_CHECK = "tflite_hotswap.serving.loader:probe_check"
+
+
+def probe_check(backend_name: str) -> Callable[[bytes, str | None, int | None], None]:
+    """The isolation probe's check: load, bind and run a model exactly as the runtime does.
+
+    Called once in the prober process (so the backend is imported before it
+    forks); the returned function runs in each throwaway fork.
+
+    Raises:
+        BackendNotFoundError: if the backend is not installed.
+    """
+    backend = load_backend(backend_name)
+
+    def check(data: bytes, signature: str | None, num_threads: int | None) -> None:
+        interpreter, model = inspect_model(backend, data, "", num_threads, signature)
+        bound = make_bound(backend, model, num_threads, [None] * len(model.contract.inputs),
+                           interpreter=interpreter)
+        bound.warm_up()
+
+    return check
 
 
 def _has_dynamic_tensors(wrapper: Any, subgraph: int) -> bool:
