@@ -197,6 +197,7 @@ class ShiftyList(list):
     def __init__(self, items: Sequence[Any], lengths: Sequence[int]) -> None:
         super().__init__(items[:lengths[0]])
         self.items = list(items)
+        self.lengths_given = list(lengths)
         self.lengths = itertools.cycle(lengths)
         self.reported: set[int] = set()
 
@@ -219,6 +220,7 @@ class ShiftyUserList(collections.UserList):
     def __init__(self, items: Sequence[Any], lengths: Sequence[int]) -> None:
         super().__init__(items[:lengths[0]])
         self.items = list(items)
+        self.lengths_given = list(lengths)
         self.lengths = itertools.cycle(lengths)
         self.reported: set[int] = set()
 
