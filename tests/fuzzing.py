@@ -14,14 +14,17 @@ import os
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, Phase, settings, strategies as st
 
 #: Examples per fuzz test; CI sets a fixed, bounded number.
 EXAMPLES = int(os.environ.get("TFLITE_HOTSWAP_FUZZ_EXAMPLES", "200"))
 
 #: Deadline-free, a fixed number of examples, derandomized (the same inputs on
 #: every run) unless TFLITE_HOTSWAP_FUZZ_RANDOM=1 asks for new ones.
+#: TFLITE_HOTSWAP_FUZZ_SHRINK=0 reports a failing input unshrunk (each shrink
+#: step forks a child: slow under the sanitizers).
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                phases=[p for p in Phase if p != Phase.shrink or os.environ.get("TFLITE_HOTSWAP_FUZZ_SHRINK") != "0"],
                 derandomize=os.environ.get("TFLITE_HOTSWAP_FUZZ_RANDOM") != "1",
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])

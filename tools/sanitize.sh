@@ -96,6 +96,7 @@ export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:handle_segv
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$LOGS/ubsan"
 export TFLITE_HOTSWAP_BACKEND=tflite-runtime
 export TFLITE_HOTSWAP_FUZZ_EXAMPLES="${TFLITE_HOTSWAP_FUZZ_EXAMPLES:-30}"
+export TFLITE_HOTSWAP_FUZZ_SHRINK="${TFLITE_HOTSWAP_FUZZ_SHRINK:-0}"  # minimal repros: test_kernel_crashers.py
 
 echo "=== sanitize: tests under ASan + UBSan"
 started=$SECONDS
