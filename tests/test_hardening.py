@@ -182,17 +182,19 @@ def test_a_dimension_beyond_int32_is_an_input_error():
 
 
 def test_callers_beyond_workers_take_turns():
-    """Per thread, never pooled: with one worker two callers alternate."""
+    """Per thread, never pooled: with one worker two callers share it (a545f50: 176 to 1)."""
     counts = [0, 0]
     stop = threading.Event()
+    start = threading.Barrier(2)
     x = np.zeros((1, 16), np.float32)
 
     with Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf")) as rt:
         def caller(i: int) -> None:
+            start.wait()
             while not stop.is_set():
                 rt.run(x)
                 counts[i] += 1
-                if counts[i] >= 2000:
+                if counts[i] >= 20000:
                     stop.set()
 
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
@@ -200,7 +202,8 @@ def test_callers_beyond_workers_take_turns():
             t.start()
         for t in threads:
             t.join()
-    assert min(counts) >= 0.5 * max(counts), counts
+    # A FIFO hand-over alternates; the margin is for the OS descheduling a thread.
+    assert min(counts) >= 0.25 * max(counts), counts
 
 
 def test_readers_keep_running_while_a_thread_swaps_continuously():
