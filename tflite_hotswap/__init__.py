@@ -8,11 +8,13 @@ from .errors import (BackendError, BackendNotFoundError, HotswapError, Incompati
                      UnsupportedModelError)
 from .serving.preprocess import Normalize
 from .serving.runtime import ModelInfo, Runtime, VersionStats
+from .updater import Probation, Updater, UpdateResult, UpdaterStatus
 
 __all__ = [
     "Backend", "BackendError", "BackendNotFoundError", "Contract", "HotswapError",
     "IncompatibleModelError", "InferenceError", "InputError", "InvalidModelError", "MisuseError",
     "ModelError", "ModelInfo", "ModelUnavailableError", "Normalize", "Runtime", "RuntimeBusyError",
-    "RuntimeClosedError", "TensorSpec", "UnsupportedModelError", "VersionStats", "load_backend",
+    "RuntimeClosedError", "TensorSpec", "UnsupportedModelError", "UpdateResult", "Updater", "UpdaterStatus", "VersionStats",
+    "load_backend", "Probation",
 ]
 __version__ = "0.1.0"
