@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -398,6 +399,13 @@ class Updater:
             self._emit(ev.UpToDate, version=serving)
             return UpdateResult("up_to_date", serving, serving, None, timings)
         version = manifest.version(self.model, target)
+        if version.sha256 == self.runtime.info.sha256 and serving == st.last_known_good:
+            # The same bytes as the proven serving model under another name: rename, no probation.
+            path = self.store.fetch(self.source, self.model, version)
+            self.runtime.swap(path, version=target, allow_contract_change=True)
+            self.store.mark_current(self.model, target)
+            self._emit(ev.Switched, version=target, previous=serving)
+            return UpdateResult("switched", target, target, "same bytes as the serving version", timings)
         self._set(candidate=target, state="downloading")
         downloaded = [0]
         path = self._download(version, downloaded, timings)
@@ -423,20 +431,18 @@ class Updater:
         return self._swap_and_watch(target, path, st.last_known_good, timings, downloaded[0])
 
     def _download(self, version: Version, downloaded: list[int], timings: dict[str, float]) -> str:
+        """Fetch into the store; ``downloaded[0]`` gets the bytes that came over the wire."""
         started = time.perf_counter()
-        first = [-1]
+        stored = os.path.exists(self.store.object_path(version.sha256))
+        partial = os.path.join(self.store.root, "partial", version.sha256 + ".part")  # the store's layout
+        have = os.path.getsize(partial) if not stored and os.path.exists(partial) else 0
 
         def progress(done: int, total: int) -> None:
-            if first[0] < 0:
-                first[0] = done - 1 if done else 0
-            downloaded[0] = done - max(first[0], 0)
+            downloaded[0] = max(0, done - have)
 
-        try:
-            path = self.store.fetch(self.source, self.model, version, progress=progress)
-        except (HashMismatchError, SizeExceededError):
-            raise  # a failed round: retried later (the repository may be mid-publish)
+        path = self.store.fetch(self.source, self.model, version, progress=progress)
         timings["download"] = time.perf_counter() - started
-        if downloaded[0]:
+        if not stored:
             self._emit(ev.Downloaded, version=version.id, bytes=downloaded[0], seconds=timings["download"])
         return path
 
