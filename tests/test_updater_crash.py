@@ -43,10 +43,14 @@ def test_sigkill_during_rounds(tmp_path):
             published += 1
             publish(str(repo), demo_model(MODELS[published % 3]), model="demo", version=f"r{published}",
                     channel="stable")
+        errors = open(tmp_path / "stderr.txt", "w+")
         proc = subprocess.Popen([sys.executable, str(HERE / "updater_child.py"), str(store), f"file://{repo}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+                                stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
         first = proc.stdout.readline().split()
-        assert first[:1] == ["serving"], first
+        if first[:1] != ["serving"]:
+            proc.wait()
+            errors.seek(0)
+            raise AssertionError(f"trial {trial}: the device did not start: {errors.read()[-3000:]}")
         serving = first[1]
         # The start served a good version, and recovery counted the previous death.
         state = _read(store / "state.json")["models"]["demo"]
@@ -57,10 +61,11 @@ def test_sigkill_during_rounds(tmp_path):
                 assert version in state["bad"] and "died during its probation" in state["bad"][version]
             else:
                 assert updater["deaths"].get(version, 0) == deaths, (version, updater)
-        time.sleep(rng.uniform(0.0, 3.0))
+        time.sleep(rng.uniform(0.0, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
+        errors.close()
         store_is_consistent(str(store))
         state = _read(store / "state.json")["models"]["demo"]
         assert state["current"] in state["versions"] and state["last_known_good"] in state["versions"]
