@@ -272,3 +272,20 @@ def test_source_url_for_store_status_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "current          v1" in out and "last-known-good  v1" in out
     assert open_source(f"file://{repo}") is not None
+
+
+def test_metrics(tmp_path):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tflite_hotswap.metrics import register
+    repo, rt, clock, up = _scheduled(tmp_path)
+    with rt:
+        up.check_now()
+        rt.run(__import__("numpy").zeros((1, 64), "float32"))
+        registry = CollectorRegistry()
+        register(rt, up, registry=registry)
+        text = generate_latest(registry).decode()
+        assert 'tflite_hotswap_calls_total{model="demo",version="v1"}' in text
+        assert 'tflite_hotswap_updater_rounds_total{model="demo",outcome="up_to_date"} 1.0' in text
+        assert "tflite_hotswap_latency_quantile_microseconds" in text
