@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import random
 import time
 
 import pytest
-
 from delivery_helpers import FAST, store_is_consistent
 from servers import fault_server, nginx
+from updater_helpers import Loop, demo_model, golden
+
 from tflite_hotswap import Probation, Runtime, Updater
 from tflite_hotswap.delivery.repository import publish
 from tflite_hotswap.delivery.sources import open_source
@@ -19,7 +21,6 @@ from tflite_hotswap.errors import MisuseError
 from tflite_hotswap.updater import events as ev
 from tflite_hotswap.updater.clock import ManualClock
 from tflite_hotswap.updater.conditions import FreeDisk, MaintenanceWindow, OnPower
-from updater_helpers import Loop, demo_model, golden
 
 # Demo-sized probation: enough calls to judge the p99 ratio, short in time.  The ratio is
 # generous: on a busy shared machine equal models differ by 4x at p99; v4_slow is ~100x slower.
@@ -96,7 +97,7 @@ def _serve_all(server, repo):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), repo)
             if not name.startswith("."):
-                server.put(rel, open(os.path.join(root, name), "rb").read())
+                server.put(rel, pathlib.Path(root, name).read_bytes())
 
 
 @pytest.mark.parametrize("fault", ["cut", "stall", "wrong", "manifest-rollback"])
@@ -136,9 +137,8 @@ def test_faults_mid_round(tmp_path, fault):
 
 
 def test_updater_needs_a_way_back(tmp_path):
-    with Runtime(demo_model("v1")) as rt:
-        with pytest.raises(MisuseError, match="last-known-good"):
-            Updater(rt, f"file://{tmp_path}", str(tmp_path / "store"), "demo", "d")
+    with Runtime(demo_model("v1")) as rt, pytest.raises(MisuseError, match="last-known-good"):
+        Updater(rt, f"file://{tmp_path}", str(tmp_path / "store"), "demo", "d")
 
 
 def test_no_traffic_stays_on_probation_and_stop_swaps_back(tmp_path):
@@ -161,7 +161,7 @@ def test_no_traffic_stays_on_probation_and_stop_swaps_back(tmp_path):
     assert up.stop(timeout=30)
     assert rt.info.version == "v1" and isinstance(seen[-1], ev.RolledBack)
     assert up.status().last_result.outcome == "interrupted" and "v2" not in up.status().bad
-    assert json.load(open(os.path.join(store, "updater.json")))["models"]["demo"]["probation"] is None
+    assert json.loads(pathlib.Path(store, "updater.json").read_text())["models"]["demo"]["probation"] is None
     rt.close()
 
 
@@ -212,7 +212,7 @@ def test_false_condition_delays_the_round(tmp_path):
     def on_wifi() -> bool:
         return allowed[0]
 
-    repo, rt, clock, up = _scheduled(tmp_path, interval=600.0, jitter=0.0, condition_retry=60.0,
+    _repo, rt, clock, up = _scheduled(tmp_path, interval=600.0, jitter=0.0, condition_retry=60.0,
                                      conditions=[on_wifi])
     with rt, up:
         clock.advance(clock.next_wait())
@@ -249,7 +249,7 @@ def test_builtin_conditions(tmp_path):
 
 def test_one_round_per_store_across_processes(tmp_path):
     """A round holding the store's round lock makes another process's background round 'busy'."""
-    repo, rt, clock, up = _scheduled(tmp_path, interval=100.0, jitter=0.0)
+    _repo, rt, clock, up = _scheduled(tmp_path, interval=100.0, jitter=0.0)
     with rt, up.state.round_lock(None):
         up.start()
         clock.advance(clock.next_wait())
@@ -279,7 +279,7 @@ def test_metrics(tmp_path):
     from prometheus_client import CollectorRegistry, generate_latest
 
     from tflite_hotswap.metrics import register
-    repo, rt, clock, up = _scheduled(tmp_path)
+    _repo, rt, _clock, up = _scheduled(tmp_path)
     with rt:
         up.check_now()
         rt.run(__import__("numpy").zeros((1, 64), "float32"))

@@ -13,8 +13,9 @@ import sys
 import time
 
 from delivery_helpers import store_is_consistent
-from tflite_hotswap.delivery.repository import publish
 from updater_helpers import demo_model
+
+from tflite_hotswap.delivery.repository import publish
 
 HERE = pathlib.Path(__file__).resolve().parent
 TRIALS = int(os.environ.get("UPDATER_KILL_TRIALS", "100"))
@@ -43,7 +44,7 @@ def test_sigkill_during_rounds(tmp_path):
             published += 1
             publish(str(repo), demo_model(MODELS[published % 3]), model="demo", version=f"r{published}",
                     channel="stable")
-        errors = open(tmp_path / "stderr.txt", "w+")
+        errors = open(tmp_path / "stderr.txt", "w+")  # noqa: SIM115 (closed after the kill)
         proc = subprocess.Popen([sys.executable, str(HERE / "updater_child.py"), str(store), f"file://{repo}"],
                                 stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
         first = proc.stdout.readline().split()

@@ -78,8 +78,9 @@ def test_fleet_table_text():
 
 
 def test_cli_rollout_and_experiment(tmp_path, capsys):
-    from tflite_hotswap.cli import main
     from updater_helpers import demo_model
+
+    from tflite_hotswap.cli import main
     repo = str(tmp_path / "repo")
     assert main(["publish", repo, demo_model("v1"), "--model", "m", "--version", "v1", "--channel", "stable"]) == 0
     assert main(["publish", repo, demo_model("v2"), "--model", "m", "--version", "v2"]) == 0

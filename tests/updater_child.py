@@ -9,9 +9,9 @@ import sys
 import threading
 
 import numpy as np
+from updater_helpers import demo_model
 
 from tflite_hotswap import Probation, Runtime, Updater
-from updater_helpers import demo_model
 
 store, url = sys.argv[1:3]
 rt = Runtime.from_store(store, model="demo", default=demo_model("v1"))

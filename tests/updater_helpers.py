@@ -36,7 +36,7 @@ class Loop:
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def __enter__(self) -> "Loop":
+    def __enter__(self) -> Loop:  # noqa: PYI034
         for t in self.threads:
             t.start()
         return self

@@ -17,14 +17,20 @@ and ``updater.status()`` at scrape time (nothing is counted on the hot path):
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import BackendNotFoundError, HotswapError
 from .serving.runtime import Runtime
 
 try:
-    from prometheus_client.core import (REGISTRY, CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                        SummaryMetricFamily)
+    from prometheus_client.core import (
+        REGISTRY,
+        CollectorRegistry,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        SummaryMetricFamily,
+    )
     from prometheus_client.registry import Collector
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise BackendNotFoundError("tflite_hotswap.metrics: expected prometheus-client "
@@ -40,7 +46,7 @@ class HotswapCollector(Collector):
         model: the ``model`` label (default: the updater's model, else "model").
     """
 
-    def __init__(self, runtime: Runtime, updater: Optional[Any] = None, model: Optional[str] = None) -> None:
+    def __init__(self, runtime: Runtime, updater: Any | None = None, model: str | None = None) -> None:
         self.runtime = runtime
         self.updater = updater
         self.model = model or (updater.model if updater is not None else "model")
@@ -98,7 +104,7 @@ class HotswapCollector(Collector):
         yield arm
 
 
-def register(runtime: Runtime, updater: Optional[Any] = None, *, model: Optional[str] = None,
+def register(runtime: Runtime, updater: Any | None = None, *, model: str | None = None,
              registry: CollectorRegistry = REGISTRY) -> HotswapCollector:
     """Expose ``runtime`` (and ``updater``) to Prometheus through ``registry``; return the collector.
 

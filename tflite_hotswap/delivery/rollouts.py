@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 from ..errors import ManifestError, MisuseError
-from .manifest import (Arm, Experiment, Manifest, ModelEntry, Rollout, check_name, choose_version,
-                       parse_manifest)
+from .manifest import Arm, Experiment, Manifest, ModelEntry, Rollout, check_name, choose_version, parse_manifest
 from .repository import _publish_lock, load_manifest
 from .sources import MANIFEST_NAME
 from .store import atomic_write
@@ -79,7 +79,7 @@ def end_rollout(repo: str, model: str) -> Manifest:
 
 
 def set_experiment(repo: str, model: str, name: str, arms: Sequence[tuple[str, float]],
-                   salt: Optional[str] = None) -> Manifest:
+                   salt: str | None = None) -> Manifest:
     """Add (or replace, by name) an A/B experiment with weighted arms.
 
     Only the first experiment of a model assigns devices; a new one is added last.
@@ -125,13 +125,13 @@ def fleet_ids(n: int = FLEET_SIZE) -> list[str]:
 
 
 def fleet_assignment(entry: ModelEntry, channel: str, devices: Sequence[str],
-                     client_version: Optional[str] = None) -> dict[str, str]:
+                     client_version: str | None = None) -> dict[str, str]:
     """The version each device of ``devices`` on ``channel`` would get."""
     return {d: choose_version(entry, d, channel, client_version) for d in devices}
 
 
 def fleet_shares(entry: ModelEntry, channel: str, n: int = FLEET_SIZE,
-                 client_version: Optional[str] = None) -> dict[str, float]:
+                 client_version: str | None = None) -> dict[str, float]:
     """Share (0-1) of a simulated fleet of ``n`` devices on ``channel`` that would get each version."""
     counts: dict[str, int] = {}
     for version in fleet_assignment(entry, channel, fleet_ids(n), client_version).values():

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from importlib import resources
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import numpy as np
 
@@ -116,9 +116,9 @@ class _Device:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen([sys.executable, "-m", "tflite_hotswap.demo.story", "--device", store, url],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work, env=env)
-        self.lines: "queue.Queue[dict[str, Any]]" = queue.Queue()
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.status: dict[str, Any] = {"frames": 0, "misses": 0, "failed": 0}
-        self.final: Optional[dict[str, Any]] = None
+        self.final: dict[str, Any] | None = None
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
 
     def _read(self, stream: IO[str]) -> None:
@@ -141,9 +141,9 @@ class Story:
         self.store = os.path.join(work, "store")
         self.interactive = interactive
         self.started = time.monotonic()
-        self.events: list[tuple[float, str, Optional[str], str]] = []
+        self.events: list[tuple[float, str, str | None, str]] = []
         self.runs: list[_Device] = []
-        self.device: Optional[_Device] = None
+        self.device: _Device | None = None
 
     def say(self, text: str) -> None:
         if self.interactive:
@@ -154,7 +154,7 @@ class Story:
         self.device = _Device(self.store, self.url, self.work)
         self.runs.append(self.device)
 
-    def wait_for(self, event: str, version: Optional[str] = None, timeout: float = 90.0) -> dict[str, Any]:
+    def wait_for(self, event: str, version: str | None = None, timeout: float = 90.0) -> dict[str, Any]:
         """Read the device's lines until ``event`` (for ``version``); print events and the status line."""
         assert self.device is not None
         deadline = time.monotonic() + timeout
@@ -216,7 +216,7 @@ def _golden(path: str, version: float, wrong_by: float = 0.0) -> str:
     return path
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the story; return the exit status (0: no failed call and every step as told)."""
     parser = argparse.ArgumentParser(prog="python -m tflite_hotswap.demo.story",
                                      description=(__doc__ or "").splitlines()[0])

@@ -8,5 +8,14 @@ from .conditions import FreeDisk, MaintenanceWindow, OnPower
 from .core import OUTCOMES, ProbationProgress, Updater, UpdateResult, UpdaterStatus
 from .probation import Probation
 
-__all__ = ["FreeDisk", "MaintenanceWindow", "OUTCOMES", "OnPower", "Probation", "ProbationProgress",
-           "UpdateResult", "Updater", "UpdaterStatus"]
+__all__ = [
+           "OUTCOMES",
+           "FreeDisk",
+           "MaintenanceWindow",
+           "OnPower",
+           "Probation",
+           "ProbationProgress",
+           "UpdateResult",
+           "Updater",
+           "UpdaterStatus",
+]

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
             arrays = {f"outputs/{k}": np.asarray(v) for k, v in result.items()}
             np.savez(out, contract=np.frombuffer(json.dumps(contract.to_dict()).encode(), np.uint8), **arrays)
         return 0
-    except Exception as e:  # reported to the parent, which raises it typed
+    except Exception as e:  # noqa: BLE001 -- whatever it is, reported to the parent, which raises it typed
         np.savez(out, error=np.frombuffer(f"{type(e).__name__}: {e}".encode(), np.uint8))
         return 3
 

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from ..delivery.manifest import Version
 from ..delivery.store import Store, atomic_write
@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 MAX_DEATHS = 2
 
 
-def open_from_store(store: "str | Store", *, model: str, default: Optional[ModelSource] = None,
+def open_from_store(store: str | Store, *, model: str, default: ModelSource | None = None,
                     default_version: str = "factory", max_deaths: int = MAX_DEATHS,
-                    on_event: Optional[EventHandler] = None, **runtime_args: Any) -> Runtime:
+                    on_event: EventHandler | None = None, **runtime_args: Any) -> Runtime:
     """A Runtime serving what the store says, without any network.
 
     In order: crash-loop recovery (a probation whose process died is counted,
@@ -62,7 +62,7 @@ def open_from_store(store: "str | Store", *, model: str, default: Optional[Model
         if version and version not in st.bad and version != busy and deaths.get(version, 0) < max_deaths \
                 and version not in candidates:
             candidates.append(version)
-    rt: Optional[Runtime] = None
+    rt: Runtime | None = None
     for version in candidates:
         try:
             rt = Runtime(store.path_of(model, version), version=version, **runtime_args)

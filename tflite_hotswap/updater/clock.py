@@ -42,7 +42,7 @@ class ManualClock(Clock):
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self._now = float(start)
         self._lock = threading.Lock()
-        self._waits: "queue.SimpleQueue[float]" = queue.SimpleQueue()
+        self._waits: queue.SimpleQueue[float] = queue.SimpleQueue()
 
     def time(self) -> float:
         with self._lock:

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Callable, Optional, Union
+from typing import Callable
 
 from ..errors import MisuseError
 from .clock import Clock
@@ -75,7 +75,7 @@ class OnPower:
         return max(batteries) >= self.min_battery
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read().strip()
@@ -118,7 +118,7 @@ class MaintenanceWindow:
         MisuseError: for a time that is not ``HH:MM``.
     """
 
-    def __init__(self, start: str, end: str, clock: Optional[Clock] = None) -> None:
+    def __init__(self, start: str, end: str, clock: Clock | None = None) -> None:
         self.start, self.end = _minutes(start, "start"), _minutes(end, "end")
         self._text = f"maintenance window {start}-{end} local"
         self.clock = clock or Clock()
@@ -134,7 +134,7 @@ class MaintenanceWindow:
         return minute >= self.start or minute < self.end
 
 
-def _minutes(text: Union[str, object], what: str) -> int:
+def _minutes(text: str | object, what: str) -> int:
     try:
         assert isinstance(text, str)
         hours, minutes = text.split(":")

@@ -18,14 +18,24 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 from ..delivery.manifest import ModelEntry, Version, assigned_arm, choose_version
 from ..delivery.sources import FetchConfig, Source, open_source, with_retries
 from ..delivery.store import Store
-from ..errors import (DeliveryError, HashMismatchError, HotswapError, IncompatibleModelError,
-                      InvalidModelError, MisuseError, SizeExceededError, UpdaterBusyError, ValidationError)
+from ..errors import (
+    DeliveryError,
+    HashMismatchError,
+    HotswapError,
+    IncompatibleModelError,
+    InvalidModelError,
+    MisuseError,
+    SizeExceededError,
+    UpdaterBusyError,
+    ValidationError,
+)
 from ..serving.runtime import Runtime, VersionStats
 from . import events as ev
 from .boot import MAX_DEATHS
@@ -64,9 +74,9 @@ class UpdateResult:
     """
 
     outcome: str
-    version: Optional[str]
-    serving: Optional[str]
-    reason: Optional[str] = None
+    version: str | None
+    serving: str | None
+    reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     downloaded_bytes: int = 0
 
@@ -110,19 +120,19 @@ class UpdaterStatus:
     device_id: str
     channel: str
     state: str
-    serving: Optional[str]
-    current: Optional[str]
-    last_known_good: Optional[str]
-    candidate: Optional[str]
-    probation: Optional[ProbationProgress]
+    serving: str | None
+    current: str | None
+    last_known_good: str | None
+    candidate: str | None
+    probation: ProbationProgress | None
     bad: dict[str, str]
-    last_check: Optional[float]
-    next_check: Optional[float]
-    last_result: Optional[UpdateResult]
-    last_error: Optional[str]
+    last_check: float | None
+    next_check: float | None
+    last_result: UpdateResult | None
+    last_error: str | None
     failures: int
     conditions: tuple[tuple[str, bool], ...]
-    experiment_arm: Optional[str]
+    experiment_arm: str | None
     rounds: dict[str, int]
     downloaded_bytes: int
 
@@ -147,7 +157,7 @@ class Updater:
             share of ``jitter * interval`` (a fleet must not poll in lockstep).
         conditions: callables that must all be true for a round to run
             (see ``tflite_hotswap.updater.conditions``).
-        probation: how a swapped-in version is watched.
+        probation: how a swapped-in version is watched (default: ``Probation()``).
         on_event: called with every :class:`~tflite_hotswap.updater.events.Event`.
         backoff: (first, cap) seconds between rounds after failures: doubles
             per failure in a row, up to the cap.
@@ -168,14 +178,14 @@ class Updater:
             last-known-good version of ``model`` to roll back to.
     """
 
-    def __init__(self, runtime: Runtime, source: Union[str, Source], store: Union[str, Store], model: str,
+    def __init__(self, runtime: Runtime, source: str | Source, store: str | Store, model: str,
                  device_id: str, channel: str = "stable", *, interval: float = 300.0, jitter: float = 0.2,
-                 conditions: Sequence[Condition] = (), probation: Probation = Probation(),
-                 on_event: Optional[ev.EventHandler] = None, backoff: tuple[float, float] = (10.0, 3600.0),
+                 conditions: Sequence[Condition] = (), probation: Probation | None = None,
+                 on_event: ev.EventHandler | None = None, backoff: tuple[float, float] = (10.0, 3600.0),
                  condition_retry: float = 60.0, allow_contract_change: bool = False,
-                 validation_timeout: float = 60.0, config: Optional[FetchConfig] = None,
-                 client_version: Optional[str] = "auto", max_deaths: int = MAX_DEATHS,
-                 clock: Optional[Clock] = None, rng: Optional[random.Random] = None) -> None:
+                 validation_timeout: float = 60.0, config: FetchConfig | None = None,
+                 client_version: str | None = "auto", max_deaths: int = MAX_DEATHS,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
         if not interval > 0 or not 0 <= jitter < 1:
             raise MisuseError(f"interval, jitter: expected seconds > 0 and 0 <= jitter < 1, got {interval!r}, "
                               f"{jitter!r}")
@@ -186,12 +196,12 @@ class Updater:
                 raise MisuseError(f"conditions: expected callables returning bool, got {c!r}")
         self.runtime = runtime
         self.source = open_source(source) if isinstance(source, str) else source
-        self.store = store if isinstance(store, Store) else Store(store, **({"config": config} if config else {}))
+        self.store = store if isinstance(store, Store) else Store(store, config=config or FetchConfig())
         self.config = config or self.store.config
         self.model, self.device_id, self.channel = model, device_id, channel
         self.interval, self.jitter = float(interval), float(jitter)
         self.conditions = list(conditions)
-        self.probation = probation
+        self.probation = probation or Probation()
         self.on_event = on_event
         self.backoff = (float(backoff[0]), float(backoff[1]))
         self.condition_retry = float(condition_retry)
@@ -211,23 +221,23 @@ class Updater:
         self._round_lock = threading.Lock()   # one round at a time in this process
         self._info_lock = threading.Lock()    # guards the fields below
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._state = "idle"
-        self._candidate: Optional[str] = None
-        self._progress: Optional[ProbationProgress] = None
-        self._last_check: Optional[float] = None
-        self._next_check: Optional[float] = None
-        self._last_result: Optional[UpdateResult] = None
-        self._last_error: Optional[str] = None
+        self._candidate: str | None = None
+        self._progress: ProbationProgress | None = None
+        self._last_check: float | None = None
+        self._next_check: float | None = None
+        self._last_result: UpdateResult | None = None
+        self._last_error: str | None = None
         self._failures = 0
         self._conditions: tuple[tuple[str, bool], ...] = tuple((describe(c), True) for c in self.conditions)
-        self._arm: Optional[str] = None
+        self._arm: str | None = None
         self._rounds = {o: 0 for o in OUTCOMES}
         self._downloaded = 0
 
     # ------------------------------------------------------------ public API
 
-    def start(self) -> "Updater":
+    def start(self) -> Updater:
         """Start the background thread (idempotent); returns self.
 
         Raises:
@@ -243,7 +253,7 @@ class Updater:
             self._thread.start()
         return self
 
-    def stop(self, timeout: Optional[float] = None) -> bool:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop the background thread; a probation in progress is ended by swapping back.
 
         Returns:
@@ -256,13 +266,13 @@ class Updater:
             return not thread.is_alive()
         return True
 
-    def __enter__(self) -> "Updater":
+    def __enter__(self) -> Updater:  # noqa: PYI034 (Python 3.9: no typing.Self)
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def check_now(self, timeout: Optional[float] = None) -> UpdateResult:
+    def check_now(self, timeout: float | None = None) -> UpdateResult:
         """Run one round now, on this thread, probation included.
 
         Returns once the candidate is promoted, rolled back or refused, or
@@ -285,7 +295,7 @@ class Updater:
         """A snapshot: versions, state, probation progress, bad versions, schedule, conditions."""
         st = self.store.state(self.model)
         try:
-            serving: Optional[str] = self.runtime.info.version
+            serving: str | None = self.runtime.info.version
         except HotswapError:
             serving = None
         with self._info_lock:
@@ -328,7 +338,7 @@ class Updater:
             for k, v in fields.items():
                 setattr(self, f"_{k}", v)
 
-    def _round(self, manual: bool, lock_timeout: Optional[float]) -> UpdateResult:
+    def _round(self, manual: bool, lock_timeout: float | None) -> UpdateResult:
         with self._round_lock:
             self._set(last_check=self.clock.time())
             self._emit(ev.CheckStarted, manual=manual)
@@ -354,13 +364,13 @@ class Updater:
                 self._state, self._candidate, self._progress = "idle", None, None
             return result
 
-    def _serving(self) -> Optional[str]:
+    def _serving(self) -> str | None:
         try:
             return self.runtime.info.version
         except HotswapError:
             return None
 
-    def _conditional_round(self, timings: dict[str, float], lock_timeout: Optional[float]) -> UpdateResult:
+    def _conditional_round(self, timings: dict[str, float], lock_timeout: float | None) -> UpdateResult:
         checked = tuple((describe(c), _holds(c)) for c in self.conditions)
         self._set(conditions=checked)
         failing = tuple(name for name, ok in checked if not ok)
@@ -446,7 +456,7 @@ class Updater:
             self._emit(ev.Downloaded, version=version.id, bytes=downloaded[0], seconds=timings["download"])
         return path
 
-    def _golden(self, version: Version) -> Optional[GoldenSample]:
+    def _golden(self, version: Version) -> GoldenSample | None:
         golden = version.golden
         if golden is None:
             return None
@@ -477,7 +487,7 @@ class Updater:
         self._emit(ev.MarkedBad, version=target, reason=reason)
         return UpdateResult("refused", target, self._serving(), reason, timings, downloaded)
 
-    def _swap_and_watch(self, target: str, path: str, lkg: Optional[str], timings: dict[str, float],
+    def _swap_and_watch(self, target: str, path: str, lkg: str | None, timings: dict[str, float],
                         downloaded: int) -> UpdateResult:
         previous = self._serving()
         baseline = self.runtime.stats().get(previous) if previous else None
@@ -518,7 +528,7 @@ class Updater:
         reason = verdict.reason if verdict is not None else "the updater stopped during probation"
         return self._roll_back(target, lkg, reason, verdict is not None, timings, downloaded)
 
-    def _watch(self, info: Any, before: Optional[VersionStats], baseline: Optional[VersionStats],
+    def _watch(self, info: Any, before: VersionStats | None, baseline: VersionStats | None,
                t0: float) -> Verdict:
         rule = self.probation
         while True:
@@ -533,7 +543,7 @@ class Updater:
             if self.clock.wait(self._stop, rule.check_every):
                 raise _Stopped()
 
-    def _roll_back(self, target: str, lkg: Optional[str], reason: str, mark_bad: bool,
+    def _roll_back(self, target: str, lkg: str | None, reason: str, mark_bad: bool,
                    timings: dict[str, float], downloaded: int) -> UpdateResult:
         self._set(state="rolling_back", progress=None)
         started = time.perf_counter()
@@ -558,7 +568,7 @@ class Updater:
         self.state.set_arm(self.model, arm)
 
 
-def experiment_arm(entry: ModelEntry, device_id: str) -> Optional[str]:
+def experiment_arm(entry: ModelEntry, device_id: str) -> str | None:
     """``"experiment:version"`` of the device's arm in the first experiment, or None."""
     if not entry.experiments:
         return None
@@ -569,9 +579,9 @@ def experiment_arm(entry: ModelEntry, device_id: str) -> Optional[str]:
 def _holds(condition: Condition) -> bool:
     try:
         return bool(condition())
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- a user's condition: logged, counted as false
         logger.warning("condition %s raised %s: %s; counted as false", describe(condition), type(e).__name__, e)
         return False
 
 
-__all__ = ["OUTCOMES", "ProbationProgress", "Updater", "UpdateResult", "UpdaterStatus", "experiment_arm"]
+__all__ = ["OUTCOMES", "ProbationProgress", "UpdateResult", "Updater", "UpdaterStatus", "experiment_arm"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ConditionsNotMet(Event):
 class ManifestChecked(Event):
     serial: int = 0
     changed: bool = False
-    target: Optional[str] = None
+    target: str | None = None
 
     level = logging.DEBUG
 
@@ -65,8 +65,8 @@ class ManifestChecked(Event):
 
 @dataclass(frozen=True)
 class UpToDate(Event):
-    version: Optional[str] = None
-    reason: Optional[str] = None
+    version: str | None = None
+    reason: str | None = None
 
     level = logging.DEBUG
 
@@ -111,7 +111,7 @@ class Refused(Event):
 @dataclass(frozen=True)
 class Swapped(Event):
     version: str = ""
-    previous: Optional[str] = None
+    previous: str | None = None
     seconds: float = 0.0
 
     def message(self) -> str:
@@ -147,7 +147,7 @@ class Switched(Event):
     """Swapped straight to a version already proven good (by another process sharing the store)."""
 
     version: str = ""
-    previous: Optional[str] = None
+    previous: str | None = None
 
     def message(self) -> str:
         return f"{self.model}: switched {self.previous} -> {self.version} (already known good)"
@@ -158,7 +158,7 @@ class RolledBack(Event):
     """Probation failed (or was interrupted): swapped back to last-known-good."""
 
     version: str = ""
-    to: Optional[str] = None
+    to: str | None = None
     reason: str = ""
 
     level = logging.WARNING
@@ -184,7 +184,7 @@ class DiedDuringProbation(Event):
 
     version: str = ""
     deaths: int = 0
-    serving: Optional[str] = None
+    serving: str | None = None
 
     level = logging.WARNING
 
@@ -197,7 +197,7 @@ class DiedDuringProbation(Event):
 class CheckFailed(Event):
     error: str = ""
     failures: int = 0
-    retry_in: Optional[float] = None
+    retry_in: float | None = None
 
     level = logging.WARNING
 
@@ -209,7 +209,7 @@ class CheckFailed(Event):
 EventHandler = Callable[[Event], None]
 
 
-def emit(event: Event, on_event: Optional[EventHandler]) -> None:
+def emit(event: Event, on_event: EventHandler | None) -> None:
     """Log ``event`` and pass it to ``on_event``; a failing callback is logged, never raised."""
     logger.log(event.level, "%s", event.message())
     if on_event is not None:

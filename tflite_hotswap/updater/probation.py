@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from ..errors import MisuseError
 from ..serving.runtime import ModelInfo, VersionStats
@@ -42,7 +42,7 @@ class Probation:
     seconds: float = 60.0
     max_error_rate: float = 0.01
     max_p99_ratio: float = 2.0
-    health: Optional[Health] = None
+    health: Health | None = None
     min_baseline_calls: int = 100
     check_every: float = 0.25
 
@@ -75,8 +75,8 @@ class Verdict:
     seconds: float
 
 
-def judge(rule: Probation, info: ModelInfo, before: Optional[VersionStats], now: VersionStats,
-          baseline: Optional[VersionStats], elapsed: float) -> Verdict:
+def judge(rule: Probation, info: ModelInfo, before: VersionStats | None, now: VersionStats,
+          baseline: VersionStats | None, elapsed: float) -> Verdict:
     """Judge a probation from the version's statistics.
 
     Args:
@@ -110,7 +110,7 @@ def judge(rule: Probation, info: ModelInfo, before: Optional[VersionStats], now:
     if rule.health is not None:
         try:
             healthy = bool(rule.health(info, now))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- a user callback: its failure fails the probation
             return Verdict("failed", f"health check: expected True, it raised {type(e).__name__}: {e}",
                            calls, errors, elapsed)
         if not healthy:

@@ -22,8 +22,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, Optional, TypeVar
+from typing import IO, Any, Callable, TypeVar
 
 from ..delivery.store import Store, atomic_write
 from ..errors import StorageError, UpdaterBusyError
@@ -47,7 +48,7 @@ class ProbationRecord:
     """
 
     version: str
-    previous: Optional[str]
+    previous: str | None
     started: float
     owner: dict[str, Any]
 
@@ -59,7 +60,7 @@ class Recovery:
     version: str
     deaths: int
     marked_bad: bool
-    serving: Optional[str]
+    serving: str | None
 
 
 def _boot_id() -> str:
@@ -70,7 +71,7 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_time(pid: int) -> Optional[str]:
+def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), None if it does not exist."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -108,9 +109,9 @@ def owner_alive(owner: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def _flock(path: str, timeout: Optional[float]) -> Iterator[bool]:
+def _flock(path: str, timeout: float | None) -> Iterator[bool]:
     """Hold an exclusive lock on ``path``; yields False if ``timeout`` ran out (0: do not wait)."""
-    f: IO[bytes] = open(path, "a+b")
+    f: IO[bytes] = open(path, "a+b")  # noqa: SIM115 (closed in finally; yields inside)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -165,7 +166,7 @@ class UpdaterState:
         m = self._read()["models"].get(model) or {}
         return {"probation": m.get("probation"), "deaths": dict(m.get("deaths") or {}), "arm": m.get("arm")}
 
-    def probation(self, model: str) -> Optional[ProbationRecord]:
+    def probation(self, model: str) -> ProbationRecord | None:
         """The recorded probation of ``model``, if any."""
         p = self.model(model)["probation"]
         return ProbationRecord(p["version"], p.get("previous"), p["started"], p["owner"]) if p else None
@@ -188,7 +189,7 @@ class UpdaterState:
             atomic_write(self.path, json.dumps(state, indent=1, sort_keys=True).encode())
             return result
 
-    def start_probation(self, model: str, version: str, previous: Optional[str], now: float) -> None:
+    def start_probation(self, model: str, version: str, previous: str | None, now: float) -> None:
         """Record, durably, that ``version`` goes on probation in this process."""
         record = {"version": version, "previous": previous, "started": now, "owner": owner_token()}
         self.update(model, lambda m: m.__setitem__("probation", record))
@@ -202,18 +203,18 @@ class UpdaterState:
             m["probation"] = None
         self.update(model, change)
 
-    def set_arm(self, model: str, arm: Optional[str]) -> None:
+    def set_arm(self, model: str, arm: str | None) -> None:
         if self.model(model)["arm"] != arm:
             self.update(model, lambda m: m.__setitem__("arm", arm))
 
     @contextlib.contextmanager
-    def round_lock(self, timeout: Optional[float]) -> Iterator[bool]:
+    def round_lock(self, timeout: float | None) -> Iterator[bool]:
         """Hold the store's update-round lock; yields False if ``timeout`` ran out (0: do not wait)."""
         with _flock(os.path.join(self.root, ".updater-round.lock"), timeout) as held:
             yield held
 
 
-def recover(store: Store, state: UpdaterState, model: str, max_deaths: int = 2) -> Optional[Recovery]:
+def recover(store: Store, state: UpdaterState, model: str, max_deaths: int = 2) -> Recovery | None:
     """Crash-loop protection: count a probation whose process died, and end it.
 
     If ``updater.json`` records a probation of X whose owner process no
@@ -231,7 +232,7 @@ def recover(store: Store, state: UpdaterState, model: str, max_deaths: int = 2) 
     if state.probation(model) is None:
         return None  # the common case: no lock taken
 
-    def change(m: dict[str, Any]) -> Optional[tuple[str, int]]:
+    def change(m: dict[str, Any]) -> tuple[str, int] | None:
         p = m.get("probation")
         if not p or owner_alive(p["owner"]):
             return None

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -59,16 +59,16 @@ class ValidationReport:
     contract: Contract
     seconds: float
     golden: bool
-    max_abs_error: Optional[float]
+    max_abs_error: float | None
 
 
 def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def validate(model_path: str, *, version: str, backend: str, golden: Optional[GoldenSample] = None,
-             serving: Optional[Contract] = None, allow_contract_change: bool = False,
-             signature: Optional[str] = None, timeout: float = 60.0) -> ValidationReport:
+def validate(model_path: str, *, version: str, backend: str, golden: GoldenSample | None = None,
+             serving: Contract | None = None, allow_contract_change: bool = False,
+             signature: str | None = None, timeout: float = 60.0) -> ValidationReport:
     """Validate ``model_path`` in a child process; return a report if it passes.
 
     Args:
@@ -114,7 +114,7 @@ def validate(model_path: str, *, version: str, backend: str, golden: Optional[Go
     return ValidationReport(version, contract, seconds, golden is not None, max_error)
 
 
-def _run_child(model_path: str, version: str, backend: str, signature: Optional[str], golden_path: str,
+def _run_child(model_path: str, version: str, backend: str, signature: str | None, golden_path: str,
                out_path: str, timeout: float) -> dict[str, Any]:
     root = _package_root()
     env = dict(os.environ)
@@ -123,7 +123,7 @@ def _run_child(model_path: str, version: str, backend: str, signature: Optional[
     cmd = [sys.executable, "-m", "tflite_hotswap.updater._validate_child", backend, signature or "-",
            model_path, golden_path, out_path]
     try:
-        proc = subprocess.run(cmd, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        proc = subprocess.run(cmd, check=False, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ValidationError(version, f"expected the model to load and run within {timeout:g} s in an "
