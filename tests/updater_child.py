@@ -5,6 +5,7 @@
 Prints ``serving <version>`` once the runtime is open, then one line per round.
 """
 
+import json
 import sys
 import threading
 
@@ -12,10 +13,12 @@ import numpy as np
 from updater_helpers import demo_model
 
 from tflite_hotswap import Probation, Runtime, Updater
+from tflite_hotswap.updater.state import UpdaterState
 
 store, url = sys.argv[1:3]
 rt = Runtime.from_store(store, model="demo", default=demo_model("v1"))
-print("serving", rt.info.version, flush=True)
+# What recovery left, read before any round can change it (a pass clears a version's deaths).
+print("serving", rt.info.version, json.dumps(UpdaterState(store).model("demo")["deaths"]), flush=True)
 
 
 def loop() -> None:
