@@ -134,6 +134,8 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: st
         if channel:
             channels[channel] = version
         new_rollout = entry.rollout
+        if channel and new_rollout is not None and new_rollout.version != version:
+            new_rollout = None  # the channel moved on: the rollout ends (see manifest.rollout_applies)
         if rollout is not None:
             # The salt is fixed per version, so a device inside 10% stays inside at 50%.
             new_rollout = Rollout(version, float(rollout), f"{model}:{version}")

@@ -197,6 +197,23 @@ class Runtime(SlotTable):
 
     # ------------------------------------------------------------ public API
 
+    @classmethod
+    def from_store(cls, store: Any, *, model: str, default: ModelSource | None = None,
+                   **kwargs: Any) -> Runtime:
+        """A Runtime serving ``model`` from an on-device store, without any network.
+
+        Serves the store's current version, or its last-known-good (after a
+        process died during a probation: crash-loop protection), or
+        ``default``, the model the device shipped with, for an empty store.
+        See :func:`tflite_hotswap.updater.boot.open_from_store` for every argument.
+
+        Raises:
+            StorageError: if nothing usable is stored and no default is given.
+            InvalidModelError: if the default model cannot be loaded either.
+        """
+        from ..updater.boot import open_from_store  # delivery sits above serving: imported on use
+        return open_from_store(store, model=model, default=default, **kwargs)
+
     @property
     def info(self) -> ModelInfo:
         """The serving model's :class:`ModelInfo`.
