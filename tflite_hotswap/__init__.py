@@ -1,8 +1,20 @@
 """tflite_hotswap: run TensorFlow Lite models and replace them while inference keeps running."""
 
-from .errors import (BackendError, BackendNotFoundError, HotswapError, IncompatibleModelError, InferenceError,
-                     InputError, InvalidModelError, MisuseError, ModelError, ModelUnavailableError,
-                     RuntimeBusyError, RuntimeClosedError, UnsupportedModelError)
+from .errors import (
+                     BackendError,
+                     BackendNotFoundError,
+                     HotswapError,
+                     IncompatibleModelError,
+                     InferenceError,
+                     InputError,
+                     InvalidModelError,
+                     MisuseError,
+                     ModelError,
+                     ModelUnavailableError,
+                     RuntimeBusyError,
+                     RuntimeClosedError,
+                     UnsupportedModelError,
+)
 from .serving.backend import Backend, load_backend
 from .serving.contract import Contract, TensorSpec
 from .serving.preprocess import Normalize

@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..errors import ManifestError, MisuseError
 from .manifest import Arm, Experiment, Manifest, ModelEntry, Rollout, check_name, choose_version, parse_manifest
-from .repository import _publish_lock, load_manifest
+from .repository import load_manifest, publish_lock
 from .sources import MANIFEST_NAME
 from .store import atomic_write
 
@@ -32,7 +32,7 @@ FLEET_SIZE = 10_000
 
 
 def _edit(repo: str, model: str, change: Callable[[ModelEntry], ModelEntry]) -> Manifest:
-    with _publish_lock(repo):
+    with publish_lock(repo):
         manifest = load_manifest(repo)
         entry = manifest.models.get(model)
         if entry is None:

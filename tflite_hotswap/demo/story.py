@@ -211,8 +211,9 @@ class Story:
 
 def _golden(path: str, version: float, wrong_by: float = 0.0) -> str:
     x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
-    np.savez(path, **{"inputs/x": x, "outputs/shifted": x + np.float32(version + wrong_by),
-                      "outputs/tag": np.array([[version + wrong_by]], np.float32)})
+    arrays: dict[str, Any] = {"inputs/x": x, "outputs/shifted": x + np.float32(version + wrong_by),
+                              "outputs/tag": np.array([[version + wrong_by]], np.float32)}
+    np.savez(path, **arrays)
     return path
 
 
@@ -280,16 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.shutdown()
 
+    from ..delivery.repository import load_manifest
     from ..delivery.store import Store
     st = Store(story.store).state("demo")
-    print("\n\nfinal\n" + show(__import__("tflite_hotswap.delivery.repository", fromlist=["load_manifest"])
-                               .load_manifest(repo)).split("\n", 1)[1])
+    print("\n\nfinal\n" + show(load_manifest(repo)).split("\n", 1)[1])
     print(f"\ndevice store: current {st.current}, last-known-good {st.last_known_good}")
     for version, reason in sorted(st.bad.items()):
         print(f"  bad {version}: {reason}")
     print(f"\n{'time':>7}  {'event':<20}{'version':<9}")
-    for at, name, version, _ in story.events:
-        print(f"{at:6.1f}s  {name:<20}{version or '-':<9}")
+    for at, name, event_version, _ in story.events:
+        print(f"{at:6.1f}s  {name:<20}{event_version or '-':<9}")
     frames, misses, failed = story._frames(), story._misses(), story._failed()
     print(f"\ndevice runs {len(story.runs)} (2 killed), frames {frames:,}, deadline misses {misses}, "
           f"failed calls {failed}")

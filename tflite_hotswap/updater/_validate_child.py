@@ -36,8 +36,9 @@ def main(argv: list[str]) -> int:
             result = rt.run(inputs if len(inputs) != 1 else next(iter(inputs.values())))
             if not isinstance(result, dict):
                 result = {contract.outputs[0].name: result}
-            arrays = {f"outputs/{k}": np.asarray(v) for k, v in result.items()}
-            np.savez(out, contract=np.frombuffer(json.dumps(contract.to_dict()).encode(), np.uint8), **arrays)
+            arrays: dict[str, Any] = {f"outputs/{k}": np.asarray(v) for k, v in result.items()}
+            arrays["contract"] = np.frombuffer(json.dumps(contract.to_dict()).encode(), np.uint8)
+            np.savez(out, **arrays)
         return 0
     except Exception as e:  # noqa: BLE001 -- whatever it is, reported to the parent, which raises it typed
         np.savez(out, error=np.frombuffer(f"{type(e).__name__}: {e}".encode(), np.uint8))
