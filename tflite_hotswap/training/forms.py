@@ -133,8 +133,8 @@ class SignatureCall:
             out[n] = (np.dtype(d["dtype"]).name, tuple(int(x) for x in d["shape"]))
         return out
 
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Set the inputs, invoke, return copies of the outputs.
+    def __call__(self, inputs: Mapping[str, np.ndarray], resize: bool = False) -> dict[str, np.ndarray]:
+        """Set the inputs (resized to their shapes with ``resize``), invoke, return copies of the outputs.
 
         Raises:
             InputError: for missing or unknown names, or a wrong dtype or shape.
@@ -144,6 +144,9 @@ class SignatureCall:
             raise InputError(f"{self.name}: expected inputs {sorted(self.inputs)}, got {sorted(inputs)}")
         wrapper = self.interpreter._interpreter
         try:
+            if resize:
+                for n, i in self.inputs.items():
+                    wrapper.ResizeInputTensor(i, np.array(np.shape(inputs[n]), np.int32), False, self.subgraph)
             wrapper.AllocateTensors(self.subgraph)  # a no-op once allocated
         except (RuntimeError, ValueError) as e:
             raise InferenceError(f"{self.name}: the backend could not allocate it: {e}") from e

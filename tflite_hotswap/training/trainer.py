@@ -21,8 +21,8 @@ import numpy as np
 from .. import _slots
 from .._buffers import affine_into
 from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
-from ..errors import (CheckpointMismatchError, InputError, MisuseError, NotTrainableError,
-                      ValidationFailedError)
+from ..errors import (CheckpointMismatchError, FlexOpsRequiredError, InferenceError, InputError, MisuseError,
+                      NotTrainableError, ValidationFailedError)
 from ..serving.backend import load_backend
 from ..serving.contract import Contract, TensorSpec, contract_of
 from ..serving.loader import ModelSource, check_servable, read_model
@@ -146,12 +146,19 @@ class Trainer:
         outputs = [t.name for t in self.contract.outputs]
         self._loss_name = "loss" if "loss" in outputs else outputs[0]
         self._single = len(outputs) == 1
-        bound = _bind(interpreter, subgraph, self.contract, self._kernels)
+        self._step_stats = LatencyStats()
         self._table = _TrainTable()
         self._table.wait_timeout = float("inf")
-        self._step_stats = LatencyStats()
-        self._table._publish(0, Slot([Worker(bound, self._refuse_shape, lambda b: b.release())],
-                                     self._step_stats, None))
+        # A fixed-shape train signature runs through the slot table (zero copy); one with a
+        # dynamic batch (the guide's models) through a resizing call on the same interpreter,
+        # which holds the variables.
+        self._resizing: Optional[SignatureCall] = None
+        if any(-1 in t.shape for t in self.contract.inputs):
+            self._resizing = SignatureCall(interpreter, signatures, self.names.train)
+        else:
+            bound = _bind(interpreter, subgraph, self.contract, self._kernels)
+            self._table._publish(0, Slot([Worker(bound, self._refuse_shape, lambda b: b.release())],
+                                         self._step_stats, None))
         self._interpreter = interpreter
         self._signatures = signatures
         self._infer = SignatureCall(interpreter, signatures, self.names.infer)
@@ -202,7 +209,20 @@ class Trainer:
             if kernel is None and value is not None and getattr(value, "dtype", None) != dtype:
                 kwargs[name] = np.asarray(value, dtype=dtype)
         with self._lock:
-            out = self._table.run(kwargs)
+            if self._resizing is None:
+                out = self._table.run(kwargs)
+            else:
+                if self._preprocess is not None:
+                    raise MisuseError("preprocess: needs a train signature with a fixed batch size")
+                try:
+                    out = self._resizing(kwargs, resize=True)
+                except InferenceError as e:
+                    if "Select TensorFlow op" not in str(e):
+                        raise
+                    raise FlexOpsRequiredError(
+                        f"step: the {self._backend.name} backend here has no Flex delegate linked "
+                        f"(TensorFlow 2.21's tf.lite.Interpreter has none), so the ops {list(self.form.flex_ops)} "
+                        "cannot run; expected a builtin-only model from make_trainable", list(self.form.flex_ops)) from e
             self.steps += 1
         return float(out if self._single else out[self._loss_name])
 

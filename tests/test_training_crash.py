@@ -1,0 +1,70 @@
+"""SIGKILL during Checkpoints.save: latest() is always a complete checkpoint (real processes)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tflite_hotswap.training import Checkpoints
+
+TRIALS = 60
+BASE = "ab" * 32
+
+# Saves forever; every tensor of save number N is filled with N, and so is its step.
+CHILD = r"""
+import sys
+import numpy as np
+from tflite_hotswap.training import Checkpoints
+ckpts = Checkpoints(sys.argv[1], keep=3)
+n = int(sys.argv[2])
+while True:
+    n += 1
+    weights = {"w": np.full((256, 1024), n, np.float32), "b": np.full(64, n, np.int32)}
+    print("saving", n, flush=True)
+    ckpts.save(weights, base_sha256=sys.argv[3], step=n, metrics={"val_accuracy": n / 1e6})
+    print("saved", n, flush=True)
+"""
+
+
+def test_sigkill_during_save_leaves_latest_complete(tmp_path):
+    rng = random.Random(1234)
+    folder = str(tmp_path / "ckpt")
+    last_saved = 0
+    outcomes = {"during": 0, "between": 0}
+    for trial in range(TRIALS):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, folder, str(last_saved), BASE],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        target = last_saved + rng.randint(1, 3)
+        state = ""
+        for line in child.stdout:  # wait on the child's own report, not on time
+            state, number = line.split()
+            if state == "saving" and int(number) == target:
+                break
+        # Somewhere in the write, the fsync, the rename or the pruning.
+        time.sleep(rng.random() * 0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        ckpts = Checkpoints(folder, keep=3)
+        latest = ckpts.latest(BASE)
+        assert latest is not None, f"trial {trial}: no checkpoint after the first save"
+        tensors = ckpts.load(latest)
+        n = latest.step
+        assert n in (target, target - 1), f"trial {trial}: latest is step {n}, expected {target - 1} or {target}"
+        assert np.all(tensors["w"] == n) and np.all(tensors["b"] == n) and tensors["w"].shape == (256, 1024)
+        assert latest.metrics == {"val_accuracy": n / 1e6}
+        outcomes["during" if n == target - 1 else "between"] += 1
+        last_saved = max(i.step for i in ckpts.list(BASE))
+        # No partial file is ever listed, and temp files of the killed process are cleaned up.
+        for info in ckpts.list(BASE):
+            assert ckpts.load(info)["b"][0] == info.step
+        assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+    # The kills landed on both sides of the rename (else the test proves little).
+    assert outcomes["during"] > 0 and outcomes["between"] > 0, outcomes
