@@ -8,6 +8,7 @@ import time
 from typing import Optional
 
 from .errors import HotswapError
+from .training import cli as training_cli
 
 
 def _progress_bar(label: str):
@@ -60,6 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     f.add_argument("--device-id", default="cli", help="device id for rollouts and experiments")
 
     sub.add_parser("demo", help="run the hot-swap demo")
+    training_cli.add_commands(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -72,6 +74,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "repo":
             from .delivery.repository import load_manifest, show
             print(show(load_manifest(args.repo)))
+        elif args.command in ("make-trainable", "train"):
+            return training_cli.run(args)
         elif args.command == "fetch":
             from . import __version__
             from .delivery.sources import open_source

@@ -276,7 +276,7 @@ class Trainer:
             logs = {"loss": total / count if count else math.nan, "steps": float(count),
                     "seconds": time.perf_counter() - started}
             if validation is not None and not history.stopped:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(*validation).items()})
+                logs.update({f"val_{k}": v for k, v in self.evaluate(*validation).items() if k != "finite"})
             history.epochs.append(logs)
             logger.info("epoch %d/%d: %s", epoch + 1, epochs,
                         ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
