@@ -11,8 +11,8 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from conftest import model_path
+
 from tflite_hotswap.cli import main
 from tflite_hotswap.errors import BackendNotFoundError, UnsupportedModelError
 from tflite_hotswap.training import Checkpoints, Trainer, make_trainable

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from importlib import resources
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def check_restart(state: str) -> int:
     return 0 if restored is not None else 1
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the process exit status (0: all checks passed)."""
     parser = argparse.ArgumentParser(prog="python -m tflite_hotswap.demo.training",
                                      description=(__doc__ or "").splitlines()[0])
@@ -137,7 +137,7 @@ def _run(state: str, epochs: int) -> int:
     def train() -> None:
         try:
             trainer.fit((x_train, y_train), epochs=epochs, validation=(x_val, y_val), callbacks=[report])
-        except BaseException as e:  # shown by the main thread
+        except BaseException as e:  # noqa: BLE001 -- re-raised by the main thread
             failure.append(e)
         finally:
             done.set()
@@ -162,7 +162,7 @@ def _run(state: str, epochs: int) -> int:
     print(f"  held-out accuracy after: {after:.3f}")
     print(f"  loop: {loop.calls:,} calls, failed {loop.failed}, mixed or unknown results {mixed}")
     restart = subprocess.run([sys.executable, "-m", "tflite_hotswap.demo.training", "--check-restart", state],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     print(restart.stdout.rstrip() or restart.stderr.rstrip())
     ok = loop.failed == 0 and mixed == 0 and after > before and restart.returncode == 0
     print("  result: " + ("OK, personalised with no failed call" if ok else "FAILED"))

@@ -30,6 +30,7 @@ a checkpoint name.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -40,9 +41,10 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,9 +109,9 @@ class Checkpoints:
         CheckpointError: if the folder cannot be created.
     """
 
-    def __init__(self, directory: Union[str, "os.PathLike[str]"], *, keep: int = 5,
-                 best: Optional[str] = "val_accuracy", best_mode: str = "max",
-                 new_base: str = "carry", names: Optional[SignatureNames] = None) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 5,
+                 best: str | None = "val_accuracy", best_mode: str = "max",
+                 new_base: str = "carry", names: SignatureNames | None = None) -> None:
         if not isinstance(keep, int) or keep < 1:
             raise MisuseError(f"keep: expected an int >= 1, got {keep!r}")
         if best_mode not in ("max", "min"):
@@ -122,7 +124,7 @@ class Checkpoints:
         self.best_mode = best_mode
         self.new_base = new_base
         self.names = names or SignatureNames()
-        self._served: dict[str, Optional[str]] = {}
+        self._served: dict[str, str | None] = {}
         self._cache: dict[str, tuple[tuple[int, int], CheckpointInfo]] = {}
         self._lock = threading.Lock()
         try:
@@ -136,7 +138,7 @@ class Checkpoints:
 
     # ---------------------------------------------------------------- reading
 
-    def list(self, base_sha256: Optional[str] = None) -> list[CheckpointInfo]:
+    def list(self, base_sha256: str | None = None) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest first; of one base model, or of all.
 
         Unreadable files are skipped with a warning.
@@ -155,12 +157,12 @@ class Checkpoints:
                         found.append(info)
         return sorted(found, key=lambda i: int(i.id))
 
-    def latest(self, base_sha256: Optional[str] = None) -> Optional[CheckpointInfo]:
+    def latest(self, base_sha256: str | None = None) -> CheckpointInfo | None:
         """The newest complete checkpoint (of ``base_sha256``, or of any base); None if none."""
         infos = self.list(base_sha256)
         return infos[-1] if infos else None
 
-    def best(self, base_sha256: Optional[str] = None) -> Optional[CheckpointInfo]:
+    def best(self, base_sha256: str | None = None) -> CheckpointInfo | None:
         """The checkpoint with the best ``best`` metric; None if none has it."""
         return _best(self.list(base_sha256), self.best_metric, self.best_mode)
 
@@ -172,7 +174,7 @@ class Checkpoints:
         raise CheckpointError(f"checkpoint id: expected one of {[i.id for i in self.list()]}, "
                               f"got {checkpoint_id!r}")
 
-    def load(self, checkpoint: Union[str, CheckpointInfo]) -> dict[str, np.ndarray]:
+    def load(self, checkpoint: str | CheckpointInfo) -> dict[str, np.ndarray]:
         """Read a checkpoint's tensors.
 
         Raises:
@@ -190,7 +192,7 @@ class Checkpoints:
     # ---------------------------------------------------------------- writing
 
     def save(self, weights: Mapping[str, np.ndarray], *, base_sha256: str, step: int = 0,
-             metrics: Optional[Mapping[str, float]] = None) -> CheckpointInfo:
+             metrics: Mapping[str, float] | None = None) -> CheckpointInfo:
         """Write a checkpoint atomically, then drop the ones ``keep`` no longer covers.
 
         Args:
@@ -238,7 +240,7 @@ class Checkpoints:
                     clean)
         return info
 
-    def rollback(self, base_sha256: Optional[str] = None) -> Optional[CheckpointInfo]:
+    def rollback(self, base_sha256: str | None = None) -> CheckpointInfo | None:
         """Delete the newest checkpoint (of ``base_sha256``, or of any base); return the new newest.
 
         Raises:
@@ -261,7 +263,7 @@ class Checkpoints:
         with self._locked():
             self._delete(self.get(checkpoint_id))
 
-    def reset(self, base_sha256: Optional[str] = None) -> int:
+    def reset(self, base_sha256: str | None = None) -> int:
         """Delete every checkpoint (of ``base_sha256``, or all): models start from their base weights.
 
         Returns:
@@ -279,7 +281,7 @@ class Checkpoints:
 
     # ------------------------------------------------------- model binding
 
-    def resolve(self, base_sha256: str, variables: VariableSpecs) -> Optional[CheckpointInfo]:
+    def resolve(self, base_sha256: str, variables: VariableSpecs) -> CheckpointInfo | None:
         """Which checkpoint a model with this sha256 and these variables should get (None: its own).
 
         Its own newest checkpoint if any (variables checked); else, by the
@@ -312,7 +314,7 @@ class Checkpoints:
                     other.id, other.base_sha256[:12])
         return other
 
-    def served(self, base_sha256: str) -> Optional[str]:
+    def served(self, base_sha256: str) -> str | None:
         """The checkpoint id last restored into a runtime's interpreters for this base (None: base weights)."""
         return self._served.get(base_sha256)
 
@@ -348,13 +350,13 @@ class Checkpoints:
 
     # -------------------------------------------------------------- helpers
 
-    def _bases(self) -> list[str]:
+    def _bases(self) -> builtins.list[str]:
         try:
             return [n for n in os.listdir(self.directory) if _SHA.match(n)]
         except FileNotFoundError:
             return []
 
-    def _info(self, path: str) -> Optional[CheckpointInfo]:
+    def _info(self, path: str) -> CheckpointInfo | None:
         """The checkpoint's header, cached by (mtime, size); None if damaged."""
         try:
             st = os.stat(path)
@@ -455,7 +457,7 @@ def check_variables(info: CheckpointInfo, variables: VariableSpecs) -> None:
             + "; ".join(found), found)
 
 
-def _best(infos: list[CheckpointInfo], metric: Optional[str], mode: str) -> Optional[CheckpointInfo]:
+def _best(infos: list[CheckpointInfo], metric: str | None, mode: str) -> CheckpointInfo | None:
     scored = [i for i in infos if metric is not None and metric in i.metrics and not math.isnan(i.metrics[metric])]
     if not scored:
         return None

@@ -8,7 +8,8 @@ copy into tensor memory), so the pipeline here only picks rows.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def one_hot(labels: Any, num_classes: int, dtype: Any = np.float32) -> np.ndarra
     return out
 
 
-def batches(arrays: Sequence[np.ndarray], batch_size: int, *, shuffle: bool = True, seed: Optional[int] = 0,
+def batches(arrays: Sequence[np.ndarray], batch_size: int, *, shuffle: bool = True, seed: int | None = 0,
             last: str = "drop") -> Iterator[tuple[np.ndarray, ...]]:
     """Cut same-length arrays into batches of exactly ``batch_size`` rows.
 

@@ -15,8 +15,9 @@ Two forms:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def flex_ops(data: bytes) -> list[str]:
 
 
 def recognise(signatures: Mapping[str, Any], data: bytes, backend: str, names: SignatureNames,
-              string_inputs: Optional[set[str]] = None) -> Form:
+              string_inputs: set[str] | None = None) -> Form:
     """Decide the model's form and whether ``backend`` can train it.
 
     Args:
@@ -118,7 +119,7 @@ class SignatureCall:
         self.inputs: dict[str, int] = dict(signatures[name]["inputs"])
         self.outputs: dict[str, int] = dict(signatures[name]["outputs"])
 
-    def on(self, interpreter: Any) -> "SignatureCall":
+    def on(self, interpreter: Any) -> SignatureCall:
         """The same call on another interpreter of the same model (no signature read)."""
         other = object.__new__(SignatureCall)
         other.__dict__.update(self.__dict__)

@@ -29,7 +29,8 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from ..errors import BackendNotFoundError, MisuseError, UnsupportedModelError
 
@@ -58,11 +59,11 @@ def _tensorflow() -> Any:
             "Running and training the resulting model on the board needs no TensorFlow.") from e
 
 
-def make_trainable(model: Any, loss: Union[str, LossFn] = "sparse_categorical_crossentropy",
+def make_trainable(model: Any, loss: str | LossFn = "sparse_categorical_crossentropy",
                    optimizer: str = "sgd", *, input_shape: Sequence[int], batch_size: int = 32,
                    learning_rate: float = 0.01, momentum: float = 0.0, beta_1: float = 0.9,
-                   beta_2: float = 0.999, epsilon: float = 1e-7, num_outputs: Optional[int] = None,
-                   output: Union[str, "os.PathLike[str]", None] = None) -> bytes:
+                   beta_2: float = 0.999, epsilon: float = 1e-7, num_outputs: int | None = None,
+                   output: str | os.PathLike[str] | None = None) -> bytes:
     """Convert a ``tf.Module`` or a Keras model into a trainable builtin-only TFLite model.
 
     Args:
@@ -231,7 +232,7 @@ class _Trainable:
     """Holds the variables and optimizer state, and builds the four signatures."""
 
     def __init__(self, tf: Any, forward: Callable[[Any], Any], final: str, variables: list[Any],
-                 names: list[str], loss: Union[str, LossFn], optimizer: str, learning_rate: float,
+                 names: list[str], loss: str | LossFn, optimizer: str, learning_rate: float,
                  momentum: float, beta_1: float, beta_2: float, epsilon: float) -> None:
         self.tf = tf
         self.module = tf.Module(name="trainable")
@@ -297,7 +298,7 @@ class _Trainable:
     def signatures(self, x_spec: Any, y_spec: Any, shape: tuple[int, ...]) -> dict[str, Any]:
         tf = self.tf
 
-        @tf.function(input_signature=[x_spec, y_spec])
+        @tf.function(input_signature=[x_spec, y_spec])  # type: ignore[untyped-decorator]
         def train(x: Any, y: Any) -> dict[str, Any]:
             with tf.GradientTape() as tape:
                 loss = self._loss(y, self.forward(x))
@@ -305,17 +306,17 @@ class _Trainable:
             self._apply_gradients(grads)
             return {"loss": loss}
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="x")])
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="x")])  # type: ignore[untyped-decorator]
         def infer(x: Any) -> dict[str, Any]:
             return {"outputs": _apply(tf, self.final, self.forward(x))}
 
-        @tf.function(input_signature=[])
+        @tf.function(input_signature=[])  # type: ignore[untyped-decorator]
         def get_weights() -> dict[str, Any]:
             return {n: tf.identity(v) for n, v in zip(self.all_names, self.all_vars)}
 
         specs = [tf.TensorSpec(v.shape, v.dtype, name=n) for n, v in zip(self.all_names, self.all_vars)]
 
-        @tf.function(input_signature=specs)
+        @tf.function(input_signature=specs)  # type: ignore[untyped-decorator]
         def set_weights(*values: Any) -> dict[str, Any]:
             for v, value in zip(self.all_vars, values):
                 v.assign(value)

@@ -13,16 +13,24 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from .. import _slots
 from .._buffers import affine_into
 from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
-from ..errors import (CheckpointMismatchError, FlexOpsRequiredError, InferenceError, InputError, MisuseError,
-                      NotTrainableError, ValidationFailedError)
+from ..errors import (
+    CheckpointMismatchError,
+    FlexOpsRequiredError,
+    InferenceError,
+    InputError,
+    MisuseError,
+    NotTrainableError,
+    ValidationFailedError,
+)
 from ..serving.backend import load_backend
 from ..serving.contract import Contract, TensorSpec, contract_of
 from ..serving.loader import ModelSource, check_servable, read_model
@@ -37,6 +45,7 @@ Weights = dict[str, np.ndarray]
 Callback = Union[Callable[[int, dict[str, float]], Any], Any]
 Preprocess = Union[Normalize, Mapping[str, Normalize], None]
 EVAL_CHUNK = 256
+_CLOSED: int = _slots.CLOSED  # type: ignore[attr-defined]  # (not in the stub)
 
 
 @dataclass
@@ -110,10 +119,10 @@ class Trainer:
         CheckpointMismatchError: if the latest checkpoint does not fit it.
     """
 
-    def __init__(self, model: ModelSource, *, checkpoints: Optional[Checkpoints] = None,
-                 backend: str = "auto", num_threads: Optional[int] = None, preprocess: Preprocess = None,
-                 names: Optional[SignatureNames] = None, restore: bool = True,
-                 metric: Optional[str] = None) -> None:
+    def __init__(self, model: ModelSource, *, checkpoints: Checkpoints | None = None,
+                 backend: str = "auto", num_threads: int | None = None, preprocess: Preprocess = None,
+                 names: SignatureNames | None = None, restore: bool = True,
+                 metric: str | None = None) -> None:
         if metric not in (None, "accuracy", "mse"):
             raise MisuseError(f"metric: expected None, 'accuracy' or 'mse', got {metric!r}")
         if checkpoints is not None and not isinstance(checkpoints, Checkpoints):
@@ -126,7 +135,7 @@ class Trainer:
         self._checkpoints = checkpoints
         self._preprocess = preprocess
         self._lock = threading.RLock()
-        self._eval: Optional[tuple[Any, SignatureCall, SignatureCall]] = None
+        self._eval: tuple[Any, SignatureCall, SignatureCall] | None = None
         self._closed = False
         interpreter = self._backend.interpreter(self._data, num_threads)
         signatures = interpreter._get_full_signature_list()
@@ -139,7 +148,7 @@ class Trainer:
         wrapper.AllocateTensors(-1)  # the default delegate; then the train subgraph itself
         wrapper.AllocateTensors(subgraph)
         first = self.contract.inputs[0]
-        self.batch_size: Optional[int] = first.shape[0] if first.shape and first.shape[0] > 0 else None
+        self.batch_size: int | None = first.shape[0] if first.shape and first.shape[0] > 0 else None
         self._input_names = tuple(t.name for t in self.contract.inputs)
         self._input_dtypes = tuple(np.dtype(t.dtype) for t in self.contract.inputs)
         self._kernels = _kernels(preprocess, self.contract)
@@ -152,7 +161,7 @@ class Trainer:
         # A fixed-shape train signature runs through the slot table (zero copy); one with a
         # dynamic batch (the guide's models) through a resizing call on the same interpreter,
         # which holds the variables.
-        self._resizing: Optional[SignatureCall] = None
+        self._resizing: SignatureCall | None = None
         if any(-1 in t.shape for t in self.contract.inputs):
             self._resizing = SignatureCall(interpreter, signatures, self.names.train)
         else:
@@ -163,7 +172,7 @@ class Trainer:
         self._signatures = signatures
         self._infer = SignatureCall(interpreter, signatures, self.names.infer)
         self.steps = 0
-        self.restored: Optional[CheckpointInfo] = None
+        self.restored: CheckpointInfo | None = None
         self.metric = metric
         if self.form.kind == "weights":
             self._get = SignatureCall(interpreter, signatures, self.names.get_weights)
@@ -224,12 +233,13 @@ class Trainer:
                         f"(TensorFlow 2.21's tf.lite.Interpreter has none), so the ops {list(self.form.flex_ops)} "
                         "cannot run; expected a builtin-only model from make_trainable", list(self.form.flex_ops)) from e
             self.steps += 1
-        return float(out if self._single else out[self._loss_name])
+        loss: Any = out if self._single else out[self._loss_name]
+        return float(loss)
 
-    def fit(self, dataset: Any, *, epochs: int = 1, validation: Optional[tuple[Any, Any]] = None,
-            callbacks: Sequence[Callback] = (), stop: Optional[threading.Event] = None,
-            shuffle: bool = True, seed: Optional[int] = 0, last: str = "drop",
-            progress: Optional[Callable[[int, int], None]] = None) -> History:
+    def fit(self, dataset: Any, *, epochs: int = 1, validation: tuple[Any, Any] | None = None,
+            callbacks: Sequence[Callback] = (), stop: threading.Event | None = None,
+            shuffle: bool = True, seed: int | None = 0, last: str = "drop",
+            progress: Callable[[int, int], None] | None = None) -> History:
         """Train for ``epochs`` epochs; report each to ``callbacks`` and the log.
 
         Args:
@@ -287,7 +297,7 @@ class Trainer:
                 break
         return history
 
-    def _epoch_batches(self, dataset: Any, epoch: int, shuffle: bool, seed: Optional[int],
+    def _epoch_batches(self, dataset: Any, epoch: int, shuffle: bool, seed: int | None,
                        last: str) -> Iterable[Any]:
         if callable(dataset):
             return dataset(epoch)  # type: ignore[no-any-return]
@@ -301,7 +311,7 @@ class Trainer:
 
     # ------------------------------------------------------------- evaluation
 
-    def predict(self, features: Any, weights: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+    def predict(self, features: Any, weights: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Run ``infer`` on ``features`` (any number of rows, in chunks).
 
         With ``weights``, on a separate interpreter holding those weights
@@ -322,7 +332,7 @@ class Trainer:
             return _predict(interpreter, infer, features, self._infer_kernel())
 
     def evaluate(self, features: Any, labels: Any,
-                 weights: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, float]:
+                 weights: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
         """Held-out metrics: ``accuracy`` and ``loss`` (cross-entropy) for a classifier, else ``mse``.
 
         Also ``finite`` (1.0 when every output is finite, else 0.0).
@@ -362,7 +372,7 @@ class Trainer:
         """Back to the base model's own weights (checkpoints on disk are kept)."""
         self.set_weights(self.base_weights)
 
-    def restore(self, checkpoint: Union[str, CheckpointInfo, None] = None) -> Optional[CheckpointInfo]:
+    def restore(self, checkpoint: str | CheckpointInfo | None = None) -> CheckpointInfo | None:
         """Load a checkpoint (default: the one :meth:`Checkpoints.resolve` picks) into the trainer.
 
         Returns:
@@ -390,7 +400,7 @@ class Trainer:
             return int(self.weights()["train_step"])
         return self.steps + (self.restored.step if self.restored else 0)
 
-    def save(self, metrics: Optional[Mapping[str, float]] = None) -> str:
+    def save(self, metrics: Mapping[str, float] | None = None) -> str:
         """Save the current weights as a checkpoint (atomically); return its id.
 
         Raises:
@@ -405,7 +415,7 @@ class Trainer:
     # ------------------------------------------------------------- service
 
     def publish(self, rt: Any, validate: tuple[Any, Any], *, min_delta: float = 0.0,
-                version: Optional[str] = None, metrics: Optional[Mapping[str, float]] = None) -> PublishInfo:
+                version: str | None = None, metrics: Mapping[str, float] | None = None) -> PublishInfo:
         """Put the trained weights into service through ``rt.swap``, if they validate.
 
         The trained weights are loaded into a fresh interpreter and scored on
@@ -488,16 +498,16 @@ class Trainer:
             if self._closed:
                 return
             self._closed = True
-            old = self._table._unpublish(_slots.CLOSED)
+            old = self._table._unpublish(_CLOSED)  # type: ignore[arg-type]  # the stub says bool; it takes a state
             slot = self._table._take(old) if old >= 0 else None
             if slot is not None:
                 slot.release_all()
             self._eval = None
 
-    def __enter__(self) -> "Trainer":
+    def __enter__(self) -> Trainer:  # noqa: PYI034 -- Trainer is not meant to be subclassed
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -586,7 +596,7 @@ def _predict(interpreter: Any, infer: SignatureCall, features: np.ndarray, kerne
     (name, index), = infer.inputs.items()
     out_index = next(iter(infer.outputs.values()))
     results = []
-    current: Optional[tuple[int, ...]] = None
+    current: tuple[int, ...] | None = None
     for start in range(0, max(len(features), 1), EVAL_CHUNK):
         chunk = features[start:start + EVAL_CHUNK]
         if chunk.shape != current:
@@ -608,7 +618,7 @@ def _predict(interpreter: Any, infer: SignatureCall, features: np.ndarray, kerne
     return np.concatenate(results) if results else np.empty((0,))
 
 
-def _metrics(outputs: np.ndarray, labels: np.ndarray, metric: Optional[str]) -> dict[str, float]:
+def _metrics(outputs: np.ndarray, labels: np.ndarray, metric: str | None) -> dict[str, float]:
     finite = float(bool(np.all(np.isfinite(outputs))))
     classifier = outputs.ndim >= 2 and outputs.shape[-1] > 1
     if metric == "mse" or (metric is None and not classifier):
