@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -91,7 +92,7 @@ def _loop(training: str) -> dict:
         background.start()
     elif training == "process":
         child = subprocess.Popen([sys.executable, "-c", TRAIN_PROCESS], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
 

@@ -328,7 +328,9 @@ def test_restore_after_a_restart(trained_ckpts):
             "    np.save(sys.argv[3], rt.run(x))\n")
     path = os.path.join(ckpts.directory, "..", "x.npy")
     np.save(path, x)
-    subprocess.run([sys.executable, "-c", code, MLP, ckpts.directory, path], check=True, timeout=120)
+    # From another folder: "-c" puts the current one first on sys.path (the source tree).
+    subprocess.run([sys.executable, "-c", code, MLP, ckpts.directory, path], check=True, timeout=120,
+                   cwd=os.path.dirname(path))
     np.testing.assert_allclose(np.load(path), expected, rtol=1e-5, atol=1e-6)
 
 

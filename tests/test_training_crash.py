@@ -16,19 +16,19 @@ from tflite_hotswap.training import Checkpoints
 TRIALS = 60
 BASE = "ab" * 32
 
-# Saves forever; every tensor of save number N is filled with N, and so is its step.
+# Saves numbers argv[2]+1 .. argv[4], then waits to be killed; every tensor of save
+# number N is filled with N, and so is its step.
 CHILD = r"""
 import sys
 import numpy as np
 from tflite_hotswap.training import Checkpoints
 ckpts = Checkpoints(sys.argv[1], keep=3)
-n = int(sys.argv[2])
-while True:
-    n += 1
+for n in range(int(sys.argv[2]) + 1, int(sys.argv[4]) + 1):
     weights = {"w": np.full((256, 1024), n, np.float32), "b": np.full(64, n, np.int32)}
     print("saving", n, flush=True)
     ckpts.save(weights, base_sha256=sys.argv[3], step=n, metrics={"val_accuracy": n / 1e6})
     print("saved", n, flush=True)
+sys.stdin.read()
 """
 
 
@@ -38,10 +38,11 @@ def test_sigkill_during_save_leaves_latest_complete(tmp_path):
     last_saved = 0
     outcomes = {"during": 0, "between": 0}
     for trial in range(TRIALS):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, folder, str(last_saved), BASE],
-                                 stdout=subprocess.PIPE, text=True)
-        assert child.stdout is not None
         target = last_saved + rng.randint(1, 3)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, folder, str(last_saved), BASE, str(target)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 cwd=tmp_path)  # not the source tree
+        assert child.stdout is not None and child.stdin is not None
         state = ""
         for line in child.stdout:  # wait on the child's own report, not on time
             state, number = line.split()
@@ -52,6 +53,7 @@ def test_sigkill_during_save_leaves_latest_complete(tmp_path):
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         child.stdout.close()
+        child.stdin.close()
         ckpts = Checkpoints(folder, keep=3)
         latest = ckpts.latest(BASE)
         assert latest is not None, f"trial {trial}: no checkpoint after the first save"

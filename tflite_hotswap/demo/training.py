@@ -162,7 +162,7 @@ def _run(state: str, epochs: int) -> int:
     print(f"  held-out accuracy after: {after:.3f}")
     print(f"  loop: {loop.calls:,} calls, failed {loop.failed}, mixed or unknown results {mixed}")
     restart = subprocess.run([sys.executable, "-m", "tflite_hotswap.demo.training", "--check-restart", state],
-                             capture_output=True, text=True, check=False)
+                             capture_output=True, text=True, check=False, cwd=state)
     print(restart.stdout.rstrip() or restart.stderr.rstrip())
     ok = loop.failed == 0 and mixed == 0 and after > before and restart.returncode == 0
     print("  result: " + ("OK, personalised with no failed call" if ok else "FAILED"))
