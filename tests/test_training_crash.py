@@ -68,5 +68,6 @@ def test_sigkill_during_save_leaves_latest_complete(tmp_path):
         for info in ckpts.list(BASE):
             assert ckpts.load(info)["b"][0] == info.step
         assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+    print("kills before the new checkpoint was in place, after:", outcomes)
     # The kills landed on both sides of the rename (else the test proves little).
     assert outcomes["during"] > 0 and outcomes["between"] > 0, outcomes
