@@ -12,6 +12,11 @@ Catch :class:`HotswapError` for all of them, or one branch:
   while running a model that had loaded.
 * :class:`DeliveryError` -- getting a model onto the device: manifest,
   transport, verification and storage errors.
+* :class:`TrainingError` -- on-device training: checkpoints that cannot be
+  read or written or do not fit the model, and trained weights ``publish``
+  refused.  (A model that cannot be trained here raises
+  :class:`NotTrainableError` / :class:`FlexOpsRequiredError`, both
+  :class:`InvalidModelError`.)
 
 Each also derives from the closest built-in (``ValueError``, ``OSError``, ...)
 so generic handlers keep working.  Messages say what was expected and what was

@@ -314,6 +314,25 @@ class Checkpoints:
                     other.id, other.base_sha256[:12])
         return other
 
+    def resolve_and_load(self, base_sha256: str, variables: VariableSpecs
+                         ) -> tuple[CheckpointInfo | None, dict[str, np.ndarray] | None]:
+        """:meth:`resolve`, then :meth:`load` it (again if a concurrent save pruned it meanwhile).
+
+        Raises:
+            CheckpointMismatchError: see :meth:`resolve`.
+            CheckpointError: if it cannot be read.
+        """
+        for attempt in range(3):
+            info = self.resolve(base_sha256, variables)
+            if info is None:
+                return None, None
+            try:
+                return info, self.load(info)
+            except CheckpointError:
+                if attempt == 2 or os.path.exists(info.path):
+                    raise
+        raise AssertionError("unreachable")
+
     def served(self, base_sha256: str) -> str | None:
         """The checkpoint id last restored into a runtime's interpreters for this base (None: base weights)."""
         return self._served.get(base_sha256)
@@ -337,8 +356,8 @@ class Checkpoints:
         def prepare(interpreter: Any, loaded: Any) -> None:
             if not pinned:
                 call = weights_call(interpreter, loaded.signatures, self.names)
-                info = self.resolve(loaded.sha256, call.specs())
-                pinned.append((call, None if info is None else self.load(info)))
+                info, weights = self.resolve_and_load(loaded.sha256, call.specs())
+                pinned.append((call, weights))
                 self._served[loaded.sha256] = None if info is None else info.id
                 logger.info("runtime for %s: restoring %s", loaded.sha256[:12],
                             f"checkpoint {info.id}" if info else "nothing (base weights)")
@@ -368,6 +387,8 @@ class Checkpoints:
             return cached[1]
         try:
             info = _read_info(path, st.st_size)
+        except FileNotFoundError:
+            return None  # pruned by a concurrent save
         except (CheckpointError, OSError, ValueError, KeyError) as e:
             logger.warning("skipping damaged checkpoint %s: %s", path, e)
             return None

@@ -180,9 +180,9 @@ class Trainer:
             self.variables: VariableSpecs = self._set.specs()
             self.base_weights: Weights = self._get({})
             if checkpoints is not None and restore:
-                info = checkpoints.resolve(self.sha256, self.variables)
-                if info is not None:
-                    self.set_weights(checkpoints.load(info))
+                info, weights = checkpoints.resolve_and_load(self.sha256, self.variables)
+                if info is not None and weights is not None:
+                    self.set_weights(weights)
                     self.restored = info
                     logger.info("trainer: restored checkpoint %s (step %d)", info.id, info.step)
         else:
