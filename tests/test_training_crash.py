@@ -71,3 +71,30 @@ def test_sigkill_during_save_leaves_latest_complete(tmp_path):
     print("kills before the new checkpoint was in place, after:", outcomes)
     # The kills landed on both sides of the rename (else the test proves little).
     assert outcomes["during"] > 0 and outcomes["between"] > 0, outcomes
+
+
+SAVER = r"""
+import sys
+import numpy as np
+from tflite_hotswap.training import Checkpoints
+ckpts = Checkpoints(sys.argv[1], keep=1000)
+sys.stdin.readline()  # start together
+for i in range(25):
+    ckpts.save({"w": np.full(1000, int(sys.argv[2]) * 100 + i, np.int32)}, base_sha256=sys.argv[3], step=i)
+"""
+
+
+def test_processes_saving_at_once_get_distinct_complete_checkpoints(tmp_path):
+    folder = str(tmp_path / "ckpt")
+    children = [subprocess.Popen([sys.executable, "-c", SAVER, folder, str(k), BASE], stdin=subprocess.PIPE,
+                                 text=True, cwd=tmp_path) for k in range(3)]
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        child.stdin.close()
+        assert child.wait() == 0
+    infos = Checkpoints(folder, keep=1000).list(BASE)
+    assert len(infos) == 75 and len({i.id for i in infos}) == 75
+    values = sorted(int(Checkpoints(folder).load(i)["w"][0]) for i in infos)
+    assert values == sorted(k * 100 + i for k in range(3) for i in range(25))
