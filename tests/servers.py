@@ -75,7 +75,9 @@ class FaultServer(http.server.ThreadingHTTPServer):
     Range: always 200 with the whole file), wrong (other bytes of the same
     size), larger (more bytes than the file), larger-unannounced (the same,
     with no Content-Length), trickle (one byte every 50 ms), slow (32 KiB
-    every 10 ms).
+    every 10 ms), slow-headers (status line and headers one byte every 50
+    ms, padded to last over a minute), bad-range (206 from byte 1 whatever
+    was asked), 304 (not modified, whatever was asked).
     """
 
     daemon_threads = True
@@ -116,7 +118,11 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             return self._status(404)
         if behaviour in ("500", "416", "429"):
             return self._status(int(behaviour), {"Retry-After": "0"} if behaviour == "429" else {})
+        if behaviour == "304":
+            return self._status(304, {"ETag": '"always-unchanged"'})
         data = self.server.files[path]
+        if behaviour == "slow-headers":
+            return self._trickle_headers(path, data)
         if behaviour == "wrong":
             data = bytes(b ^ 0x5A for b in data)
         etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
@@ -131,6 +137,8 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
                 return self._status(416, {"Content-Range": f"bytes */{len(data)}"})
         if behaviour == "larger":
             data = data + b"\0" * 1000
+        if behaviour == "bad-range":
+            start = 1
         body = data[start:]
         self.send_response(206 if start else 200)
         self.send_header("ETag", etag)
@@ -169,6 +177,18 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
                     self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+
+    def _trickle_headers(self, path: str, data: bytes) -> None:
+        head = (f"HTTP/1.1 200 OK\r\nX-Padding: {'x' * 1500}\r\nContent-Length: {len(data)}\r\n\r\n"
+                .encode())
+        try:
+            for i in range(len(head)):
+                self._write(path, head[i:i + 1])
+                time.sleep(0.05)
+            self._write(path, data)
+        except OSError:
+            pass
+        self.close_connection = True
 
     def _write(self, path: str, data: bytes) -> None:
         self.wfile.write(data)

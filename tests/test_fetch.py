@@ -218,3 +218,124 @@ def test_file_source_download_and_manifest(tmp_path):
     (root / URL).write_bytes(DATA)
     store = Store(str(tmp_path / "store"), config=FAST)
     assert open(store.fetch(open_source(f"file://{root}"), "m", VERSION), "rb").read() == DATA
+
+
+# ------------------------------------------------- hardening (issue 6: 17, 22, 24)
+
+def _within(bound, action):
+    """Run ``action`` in a thread; return what it raised (or returned) if it ends within ``bound`` s."""
+    import threading
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(action())
+        except BaseException as e:  # noqa: BLE001 (handed to the test)
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert outcome, f"still running after {bound} s"
+    return outcome[0]
+
+
+def _deadline_config(deadline=1.0):
+    return FetchConfig(**{**FAST.__dict__, "deadline": deadline})
+
+
+@pytest.mark.parametrize("what", ["manifest", "file"])
+def test_headers_trickled_slowly_hit_the_deadline(tmp_path, what):
+    """Each header byte arrives well within the read timeout; the deadline still ends the request."""
+    config = _deadline_config()
+    with fault_server() as server:
+        server.put("manifest.json", b"{}")
+        server.put(URL, DATA)
+        server.script("manifest.json" if what == "manifest" else URL, ["slow-headers"])
+        store = Store(str(tmp_path / "store"), config=config)
+        source = open_source(server.url)
+        action = (lambda: store.refresh_manifest(source)) if what == "manifest" else \
+            (lambda: store.fetch(source, "m", VERSION))
+        error = _within(10 * config.deadline + 10, action)
+    assert isinstance(error, DownloadTimeoutError) and "deadline" in str(error), error
+
+
+def test_manifest_body_trickled_slowly_hits_the_deadline(tmp_path):
+    from delivery_helpers import blob_repo
+    blob_repo(str(tmp_path / "repo"), 1, 100)
+    config = _deadline_config()
+    with fault_server() as server:
+        server.put("manifest.json", (tmp_path / "repo" / "manifest.json").read_bytes())  # ~1 KB: 50 s
+        server.script("manifest.json", ["trickle"])
+        store = Store(str(tmp_path / "store"), config=config)
+        error = _within(10 * config.deadline + 10, lambda: store.refresh_manifest(open_source(server.url)))
+    assert isinstance(error, DownloadTimeoutError) and "deadline" in str(error), error
+
+
+def test_206_from_another_offset_restarts_once_then_fails_typed(served):
+    """A server that always answers another range: no recursion, a TransportError, few requests."""
+    server, store, source = served
+    server.script(URL, ["bad-range"])
+    with pytest.raises(TransportError, match="expected the body from byte 0, got Content-Range 'bytes 1-"):
+        store.fetch(source, "m", VERSION)
+    assert len(server.requests) <= 2
+    store_is_consistent(store.root)
+
+
+def test_304_to_the_first_manifest_request_is_a_transport_error(served):
+    server, store, source = served
+    server.put("manifest.json", b"{}")
+    server.script("manifest.json", ["304"])
+    with pytest.raises(TransportError, match="'not modified' to a request that named no ETag"):
+        store.refresh_manifest(source)
+    assert "If-None-Match" not in server.requests[0][2]
+
+
+def test_http_errors_name_status_and_reason_not_the_body(repo_on_nginx, tmp_path):
+    root, server = repo_on_nginx  # nginx answers 404 with an HTML page
+    store = Store(str(tmp_path / "store"), config=FAST)
+    with pytest.raises(HTTPStatusError) as caught:
+        store.refresh_manifest(open_source(server.url))
+    message = str(caught.value)
+    assert message.endswith("expected 200/206, got 404 Not Found") and "<" not in message, message
+
+
+def test_downloads_retries_and_resumes_are_logged_and_nothing_printed(served, caplog, capsys):
+    import logging
+    server, store, source = served
+    server.script(URL, ["cut", "ok"])
+    with caplog.at_level(logging.INFO, logger="tflite_hotswap"):
+        _fetch(store, source)
+    messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("tflite_hotswap.delivery.store", "INFO", f"downloading {URL} ({len(DATA)} bytes)") in messages
+    assert any(name == "tflite_hotswap.delivery.sources" and level == "WARNING" and "attempt 1 of 4 failed" in m
+               and "retrying" in m for name, level, m in messages), messages
+    assert ("tflite_hotswap.delivery.store", "INFO", f"downloaded {URL}: {len(DATA)} bytes, sha256 verified") \
+        in messages
+    assert capsys.readouterr() == ("", "")
+
+
+def test_resumed_download_and_manifest_refresh_are_logged(tmp_path, caplog):
+    import logging
+    from delivery_helpers import blob_repo
+    manifest = blob_repo(str(tmp_path / "repo"), 1, 300_000, serial=7)
+    version = manifest.version("m", "v0")
+    store = Store(str(tmp_path / "store"), config=FAST)
+    source = open_source(str(tmp_path / "repo"))
+
+    class Interrupted(Exception):
+        pass
+
+    def cut_at_half(done, total):
+        if done >= total // 2:
+            raise Interrupted()
+
+    store.config = FetchConfig(**{**FAST.__dict__, "chunk_bytes": 4096})
+    with pytest.raises(Interrupted):
+        store.fetch(source, "m", version, progress=cut_at_half)
+    with caplog.at_level(logging.INFO, logger="tflite_hotswap"):
+        store.refresh_manifest(source)
+        store.fetch(source, "m", version)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"resuming {version.url} at byte ") for m in messages), messages
+    assert any(m.startswith("manifest serial 7 accepted") for m in messages), messages

@@ -172,3 +172,62 @@ def test_min_client_version_is_respected():
     assert choose_version(entry, "d", client_version="9.1") == "v2"
     with pytest.raises(DeliveryError, match="supports client version 0.1"):
         choose_version(_entry(min_v1="2.0"), "d", client_version="0.1")
+
+
+# ------------------------------------------------------- hardening (issue 6: 22)
+
+@pytest.mark.parametrize("data, message", [
+    (b"[" * 200_000 + b"]" * 200_000, "nested"),
+    (b'{"schema_version": 1, "serial": NaN, "models": {}}', "finite"),
+    (b'{"schema_version": 1, "serial": 1e999, "models": {}}', "finite"),
+])
+def test_hostile_json_is_a_manifest_error(data, message):
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(data)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("shape", "[1e999]", "finite"),
+    ("shape", "[Infinity]", "finite"),
+    ("shape", f"[{10**30}]", "expected an integer from"),
+    ("shape", "[1.5]", r"shape\[0\]: expected int, got float"),
+    ("scales", f"[{10**400}]", "expected an integer from"),
+    ("zero_points", "[true]", "expected int, got bool"),
+    ("name", "7", "expected str, got int"),
+])
+def test_contract_numbers_are_checked(field, value, message):
+    doc = _valid()
+    doc["models"]["m"]["versions"]["v1"]["contract"]["inputs"][0][field] = "@@"
+    text = json.dumps(doc).replace('"@@"', value)  # JSON that json.dumps would not write
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(text.encode())
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["models"].update({"m\n": d["models"].pop("m")}),
+    lambda d: d["models"]["m"]["versions"].update({"v1\n": d["models"]["m"]["versions"].pop("v1")}),
+    lambda d: d["models"]["m"]["channels"].update({"beta\n": "v1"}),
+    lambda d: d["models"]["m"]["versions"]["v1"].update(sha256="a" * 64 + "\n"),
+])
+def test_names_and_hashes_with_a_trailing_newline_are_refused(change):
+    doc = _valid()
+    change(doc)
+    with pytest.raises(ManifestError, match=r"expected (1-64 of|64 lowercase hex)"):
+        parse_manifest(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("serial", [2**63, 10**4000], ids=["2**63", "10**4000"])
+def test_serial_is_bounded_to_63_bits(serial):
+    doc = _valid()
+    doc["serial"] = serial
+    with pytest.raises(ManifestError, match=r"manifest.serial: expected an integer from .* to 9223372036854775807"):
+        parse_manifest(json.dumps(doc).encode())
+    doc["serial"] = 2**63 - 1
+    assert parse_manifest(json.dumps(doc).encode()).serial == 2**63 - 1
+
+
+def test_overlong_min_client_version_is_refused():
+    doc = _valid()
+    doc["models"]["m"]["versions"]["v1"]["min_client_version"] = "9" * 5000
+    with pytest.raises(ManifestError, match="min_client_version: expected a version like"):
+        parse_manifest(json.dumps(doc).encode())

@@ -6,31 +6,68 @@ import numpy as np
 import pytest
 
 from conftest import model_path
-from load import run_callers
 from tflite_hotswap import Runtime, RuntimeBusyError
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float32)
 
 
+class Holding(dict):
+    """Inputs whose lookup blocks: the call holds its worker until ``release`` is set.
+
+    Tests wait on these events, never on wall time (under ARM emulation one
+    conv_heavy call takes seconds).
+    """
+
+    def __init__(self, **inputs):
+        super().__init__(**inputs)
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __getitem__(self, key):
+        self.held.set()
+        self.release.wait()
+        return super().__getitem__(key)
+
+
 def test_two_workers_serve_two_callers_without_waiting():
     with Runtime(model_path("conv_heavy"), workers=2, num_threads=1, wait_timeout=0.002) as rt:
-        results, errors, _ = run_callers(rt, IMAGE, 1.0, catch=(RuntimeBusyError,))
-    assert not errors and len(results) >= 4
-    assert all(np.array_equal(r, results[0]) for r in results)
+        holding = Holding(**{rt.info.inputs[0].name: IMAGE})
+        held_result = []
+        thread = threading.Thread(target=lambda: held_result.append(rt.run(holding)))
+        thread.start()
+        holding.held.wait()
+        free = rt.run(IMAGE)   # the second worker is free: no wait, no RuntimeBusyError
+        holding.release.set()
+        thread.join()
+    np.testing.assert_array_equal(held_result[0], free)
 
 
 def test_caller_beyond_workers_gives_up_after_wait_timeout():
     with Runtime(model_path("conv_heavy"), workers=1, num_threads=1, wait_timeout=0.002) as rt:
-        results, errors, _ = run_callers(rt, IMAGE, 1.0, catch=(RuntimeBusyError,))
-    assert errors and results
-    assert "all 1 worker(s) stayed busy for 0.002 s" in str(errors[0])
+        holding = Holding(**{rt.info.inputs[0].name: IMAGE})
+        thread = threading.Thread(target=rt.run, args=(holding,))
+        thread.start()
+        holding.held.wait()
+        with pytest.raises(RuntimeBusyError, match=r"all 1 worker\(s\) stayed busy for 0.002 s"):
+            rt.run(IMAGE)
+        holding.release.set()
+        thread.join()
+        rt.run(IMAGE)   # the worker came back
 
 
 def test_caller_beyond_workers_waits_and_succeeds():
     with Runtime(model_path("conv_heavy"), workers=1, num_threads=1, wait_timeout=30) as rt:
-        results, errors, _ = run_callers(rt, IMAGE, 1.0, catch=(RuntimeBusyError,))
+        holding = Holding(**{rt.info.inputs[0].name: IMAGE})
+        holder = threading.Thread(target=rt.run, args=(holding,))
+        holder.start()
+        holding.held.wait()
+        waited = []
+        waiter = threading.Thread(target=lambda: waited.append(rt.run(IMAGE)))
+        waiter.start()
+        holding.release.set()
+        holder.join()
+        waiter.join()
         assert rt.stats()[rt.info.version].errors == 0
-    assert not errors and len(results) >= 4
+    assert len(waited) == 1
 
 
 def test_workers_each_keep_their_own_batch_allocations():

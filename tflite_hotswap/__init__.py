@@ -1,17 +1,29 @@
 """tflite_hotswap: run TensorFlow Lite models and replace them while inference keeps running."""
 
+from .errors import (
+                     BackendError,
+                     BackendNotFoundError,
+                     HotswapError,
+                     IncompatibleModelError,
+                     InferenceError,
+                     InputError,
+                     InvalidModelError,
+                     MisuseError,
+                     ModelError,
+                     ModelUnavailableError,
+                     RuntimeBusyError,
+                     RuntimeClosedError,
+                     UnsupportedModelError,
+)
 from .serving.backend import Backend, load_backend
 from .serving.contract import Contract, TensorSpec
-from .errors import (BackendError, BackendNotFoundError, HotswapError, IncompatibleModelError,
-                     InferenceError, InputError, InvalidModelError, MisuseError, ModelError,
-                     RuntimeBusyError, RuntimeClosedError)
 from .serving.preprocess import Normalize
 from .serving.runtime import ModelInfo, Runtime, VersionStats
 
 __all__ = [
     "Backend", "BackendError", "BackendNotFoundError", "Contract", "HotswapError",
     "IncompatibleModelError", "InferenceError", "InputError", "InvalidModelError", "MisuseError",
-    "ModelError", "ModelInfo", "Normalize", "Runtime", "RuntimeBusyError", "RuntimeClosedError",
-    "TensorSpec", "VersionStats", "load_backend",
+    "ModelError", "ModelInfo", "ModelUnavailableError", "Normalize", "Runtime", "RuntimeBusyError",
+    "RuntimeClosedError", "TensorSpec", "UnsupportedModelError", "VersionStats", "load_backend",
 ]
 __version__ = "0.1.0"

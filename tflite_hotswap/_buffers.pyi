@@ -1,19 +1,19 @@
 """Typed stubs for the buffer kernels (pyx/tflite_hotswap/_buffers.pyx)."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from ._typing import Buffer
 
-def affine_into(src: Buffer, dst: Buffer, a: Optional[Sequence[float]] = ...,
-                b: Optional[Sequence[float]] = ..., zero_point: float = ...) -> None:
+def affine_into(src: Buffer, dst: Buffer, a: Sequence[float] | None = ...,
+                b: Sequence[float] | None = ..., zero_point: float = ...) -> None:
     """Write src into dst through the fused kernel (plain copy without coefficients).
 
     Raises:
         InputError: if a buffer is missing, of the wrong dtype, not writable,
             not contiguous (dst), or the element counts differ.
     """
-def gather_into(samples: Sequence[Buffer], dst: Buffer, a: Optional[Sequence[float]] = ...,
-                b: Optional[Sequence[float]] = ..., zero_point: float = ...) -> None:
+def gather_into(samples: Sequence[Buffer], dst: Buffer, a: Sequence[float] | None = ...,
+                b: Sequence[float] | None = ..., zero_point: float = ...) -> None:
     """Write samples[i] into dst[i] through the fused kernel.
 
     Raises:

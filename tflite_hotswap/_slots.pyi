@@ -1,14 +1,20 @@
 """Typed stubs for the slot table (pyx/tflite_hotswap/_slots.pyx)."""
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 from ._typing import Buffer
 
-Inputs = Union[Buffer, Mapping[str, Buffer]]
-Outputs = Union[Any, dict[str, Any]]
+Inputs = Buffer | Mapping[str, Buffer]
+Outputs = Any | dict[str, Any]
+
+GAP: int
+CLOSED: int
+FAILED: int
 
 class LatencyStats:
-    def snapshot(self) -> dict[str, float]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def record_outcome(self, outcome: int) -> None: ...
 
 class Bound:
     shape_key: tuple[tuple[int, ...], ...]
@@ -21,7 +27,7 @@ class Bound:
     def input_shapes(self) -> tuple[tuple[int, ...], ...]: ...
 
 class Worker:
-    def __init__(self, first: Bound, make: Callable[[tuple], Bound],
+    def __init__(self, first: Bound, make: Callable[..., Bound],
                  retire: Callable[[Bound], None]) -> None: ...
     def add(self, bound: Bound) -> None: ...
     def shape_keys(self) -> list[tuple[tuple[int, ...], ...]]: ...
@@ -35,7 +41,8 @@ class Slot:
 
 class SlotTable:
     wait_timeout: float
-    def run(self, inputs: Inputs, *, out: Optional[Outputs] = ...) -> Outputs:
+    gap_stats: LatencyStats
+    def run(self, inputs: Inputs, *, out: Outputs | None = ...) -> Outputs:
         """Run one inference on the serving model.
 
         Args:
@@ -54,8 +61,11 @@ class SlotTable:
             RuntimeClosedError: the runtime is closed.
             RuntimeBusyError: no worker (or, mid resource-policy swap, no model)
                 became available within ``wait_timeout``.
+            ModelUnavailableError: no model is serving (a resource-policy swap
+                and the reload of the old model both failed).
+            KeyboardInterrupt: Ctrl+C while waiting.
         """
-    def run_batch(self, samples: Sequence[Inputs], *, out: Optional[Outputs] = ...) -> Outputs:
+    def run_batch(self, samples: Sequence[Inputs], *, out: Outputs | None = ...) -> Outputs:
         """Gather per-sample inputs straight into the batch input tensor and run once.
 
         Args:
@@ -76,6 +86,8 @@ class SlotTable:
     @staticmethod
     def _capacity() -> int: ...
     def _publish(self, index: int, slot: Slot) -> int: ...
-    def _unpublish(self, close: bool) -> int: ...
+    def _unpublish(self, state: int) -> int: ...
+    def _slot_list(self) -> list[Slot | None]: ...
+    def _inside_call(self) -> bool: ...
     def _readers(self, index: int) -> int: ...
-    def _take(self, index: int) -> Optional[Slot]: ...
+    def _take(self, index: int) -> Slot | None: ...

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional
+from typing import Callable
 
 from .errors import HotswapError
 from .training import cli as training_cli
 
+#: The exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
-def _progress_bar(label: str):
+
+def _progress_bar(label: str) -> Callable[[int, int], None]:
     """A progress callback drawing a bar on stderr (only for downloads over 1 MB)."""
     started = time.monotonic()
     last = [0.0]
@@ -32,7 +35,7 @@ def _progress_bar(label: str):
     return report
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tflite-hotswap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,6 +48,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rollout", type=float, metavar="PERCENT", help="staged rollout to this share of devices")
     p.add_argument("--golden", metavar="FILE", help=".npz of inputs/<name> and outputs/<name> arrays")
     p.add_argument("--golden-tolerance", type=float, default=1e-5)
+    p.add_argument("--allow-contract-change", action="store_true",
+                   help="publish even if the I/O contract differs from the versions on the model's channels")
 
     r = sub.add_parser("repo", help="inspect a repository")
     r_sub = r.add_subparsers(dest="repo_command", required=True)
@@ -52,7 +57,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     r_show.add_argument("repo")
 
     f = sub.add_parser("fetch", help="download a version into an on-device store")
-    f.add_argument("source", help="repository URL (file://, http://, https://) or folder")
+    f.add_argument("source", help="repository: http(s):// URL, file:///absolute/path (three slashes) "
+                                  "or a folder path (relative to the current directory)")
     f.add_argument("store", help="store folder")
     f.add_argument("--model", required=True)
     group = f.add_mutually_exclusive_group()
@@ -69,17 +75,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             from .delivery.repository import publish, show
             manifest = publish(args.repo, args.model_file, model=args.model, version=args.version,
                                channel=args.channel, rollout=args.rollout, golden=args.golden,
-                               golden_tolerance=args.golden_tolerance)
+                               golden_tolerance=args.golden_tolerance,
+                               allow_contract_change=args.allow_contract_change)
             print(show(manifest))
         elif args.command == "repo":
             from .delivery.repository import load_manifest, show
-            print(show(load_manifest(args.repo)))
+            print(show(load_manifest(args.repo, required=True)))
         elif args.command in ("make-trainable", "train"):
             return training_cli.run(args)
         elif args.command == "fetch":
             from . import __version__
-            from .delivery.sources import open_source
             from .delivery.manifest import choose_version
+            from .delivery.sources import open_source
             from .delivery.store import Store
             source = open_source(args.source)
             store = Store(args.store)
@@ -94,7 +101,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             from .demo.__main__ import main as demo
             return demo([])
-    except HotswapError as e:
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (HotswapError, OSError) as e:  # user errors and the environment's: one line, no traceback
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0

@@ -8,8 +8,9 @@ Catch :class:`HotswapError` for all of them, or one branch:
   loaded or run) and :class:`IncompatibleModelError` (its I/O contract differs
   from the serving model's).
 * :class:`RuntimeClosedError`, :class:`RuntimeBusyError` -- the runtime's state.
-* :class:`BackendError` -- no usable TFLite backend, or the backend failed
-  while running a model that had loaded.
+* :class:`BackendError` -- no usable TFLite backend, the backend failed
+  while running a model that had loaded, or the isolation prober failed
+  (:class:`IsolationError`).
 * :class:`DeliveryError` -- getting a model onto the device: manifest,
   transport, verification and storage errors.
 * :class:`TrainingError` -- on-device training: checkpoints that cannot be
@@ -102,6 +103,15 @@ class BackendNotFoundError(BackendError, ImportError):
 
 class InferenceError(BackendError):
     """The backend raised while running a loaded model."""
+
+
+class IsolationError(BackendError):
+    """The isolation prober failed or did not answer in time: the model was not judged.
+
+    Not the model's fault as far as anyone knows (the prober was stopped,
+    killed or could not start); the prober is replaced, so trying again may
+    succeed.
+    """
 
 
 # ------------------------------------------------------------------- delivery

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..serving.contract import Contract
 from ..errors import DeliveryError, ManifestError, MisuseError, SerialRollbackError
+from ..serving.contract import Contract, TensorSpec
 
 SCHEMA_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: The largest integer a manifest may hold (serial, sizes, shapes): a signed 64-bit one.
+MAX_INT = 2**63 - 1
+#: Used with ``fullmatch`` (``$`` would also accept a trailing newline).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class Version:
     size: int
     contract: Contract
     created: str
-    min_client_version: Optional[str] = None
-    golden: Optional[Golden] = None
+    min_client_version: str | None = None
+    golden: Golden | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Experiment:
 class ModelEntry:
     versions: dict[str, Version]
     channels: dict[str, str]
-    rollout: Optional[Rollout] = None
+    rollout: Rollout | None = None
     experiments: tuple[Experiment, ...] = ()
 
 
@@ -114,7 +118,7 @@ def device_fraction(salt: str, device_id: str) -> float:
 
 
 def choose_version(entry: ModelEntry, device_id: str, channel: str = "stable",
-                   client_version: Optional[str] = None) -> str:
+                   client_version: str | None = None) -> str:
     """The version this device should run.
 
     In order: the device's arm of the first experiment, then the staged
@@ -155,7 +159,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 # -------------------------------------------------------------------- parsing
 
 
-def parse_manifest(data: bytes, *, min_serial: Optional[int] = None) -> Manifest:
+def parse_manifest(data: bytes, *, min_serial: int | None = None) -> Manifest:
     """Parse and validate manifest JSON.
 
     Args:
@@ -167,9 +171,12 @@ def parse_manifest(data: bytes, *, min_serial: Optional[int] = None) -> Manifest
         SerialRollbackError: if the serial is lower than ``min_serial``.
     """
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(f"manifest: expected JSON, got {e}") from None
+        doc = json.loads(data, parse_float=_finite, parse_constant=_finite)
+    except RecursionError:
+        raise ManifestError("manifest: expected JSON nested a few levels deep, got deeper nesting than "
+                            "the parser supports") from None
+    except (ValueError, UnicodeDecodeError) as e:  # ManifestError from _finite is a ValueError too
+        raise ManifestError(f"manifest: expected JSON with finite numbers, got {e}") from None
     obj = _Obj(doc, "manifest")
     schema = obj.take("schema_version", int)
     if schema != SCHEMA_VERSION:
@@ -204,16 +211,40 @@ class _Obj:
         value = self.value.pop(key)
         if value is None and optional:
             return None
-        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok, value = True, float(value)
-        if not ok:
-            raise ManifestError(f"{self.where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
-        return value
+        return _typed(value, kind, f"{self.where}.{key}")
+
+    def take_list(self, key: str, kind: type, optional: bool = False) -> list[Any]:
+        """A list field whose items are all of ``kind``."""
+        items = self.take(key, list, optional) or []
+        return [_typed(item, kind, f"{self.where}.{key}[{i}]") for i, item in enumerate(items)]
 
     def done(self) -> None:
         if self.value:
             raise ManifestError(f"{self.where}: unknown field(s) {sorted(self.value)}")
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    """``value`` if it is a JSON value of ``kind``; integers must fit in 64 bits and also serve as floats.
+
+    Raises:
+        ManifestError: otherwise.
+    """
+    if type(value) is int and kind in (int, float):
+        if abs(value) > MAX_INT:
+            raise ManifestError(f"{where}: expected an integer from -{MAX_INT} to {MAX_INT}, "
+                                f"got one of {value.bit_length()} bits")
+        return float(value) if kind is float else value
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ManifestError(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """JSON's number parser for manifests: NaN, Infinity and overflowing numbers are refused."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ManifestError(f"expected a finite number, got {text[:40]}")
+    return number
 
 
 def _model(obj: _Obj) -> ModelEntry:
@@ -263,14 +294,11 @@ def _version(vid: str, obj: _Obj) -> Version:
     size = obj.take("size", int)
     if size <= 0:
         raise ManifestError(f"{obj.where}.size: expected > 0, got {size}")
-    try:
-        contract = Contract.from_dict(obj.take("contract", dict))
-    except MisuseError as e:
-        raise ManifestError(f"{obj.where}.contract: {e}") from None
+    contract = _contract(_Obj(obj.take("contract", dict), obj.where + ".contract"))
     created = obj.take("created", str)
     min_client = obj.take("min_client_version", str, optional=True)
-    if min_client is not None and not _version_tuple(min_client):
-        raise ManifestError(f"{obj.where}.min_client_version: expected a version like '1.2', got {min_client!r}")
+    if min_client is not None and not (len(min_client) <= 64 and _version_tuple(min_client)):
+        raise ManifestError(f"{obj.where}.min_client_version: expected a version like '1.2', got {min_client!r:.60}")
     golden = None
     raw = obj.take("golden", dict, optional=True)
     if raw is not None:
@@ -281,6 +309,22 @@ def _version(vid: str, obj: _Obj) -> Version:
         g.done()
     obj.done()
     return Version(vid, url, sha256, size, contract, created, min_client, golden)
+
+
+def _contract(obj: _Obj) -> Contract:
+    """An I/O contract, each tensor spec checked field by field."""
+    lists = []
+    for kind in ("inputs", "outputs"):
+        specs = []
+        for i, raw in enumerate(obj.take(kind, list)):
+            t = _Obj(raw, f"{obj.where}.{kind}[{i}]")
+            specs.append(TensorSpec(t.take("name", str), t.take("dtype", str), tuple(t.take_list("shape", int)),
+                                    tuple(t.take_list("scales", float, optional=True)),
+                                    tuple(t.take_list("zero_points", int, optional=True))))
+            t.done()
+        lists.append(tuple(specs))
+    obj.done()
+    return Contract(lists[0], lists[1])
 
 
 def check_relative_url(url: str, where: str = "url") -> str:
@@ -300,23 +344,24 @@ def check_relative_url(url: str, where: str = "url") -> str:
 
 
 def _check_sha256(value: str, where: str) -> str:
-    if not _SHA256.match(value):
+    if not SHA256.fullmatch(value):
         raise ManifestError(f"{where}: expected 64 lowercase hex digits, got {value!r}")
     return value
 
 
 def check_name(value: str, where: str) -> None:
-    if not isinstance(value, str) or not _NAME.match(value):
+    """Raises: ManifestError: unless ``value`` is a valid model, version or channel name."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise ManifestError(f"{where}: expected 1-64 of [A-Za-z0-9._-] starting alphanumeric, got {value!r}")
 
 
-def _check_listed(version: str, versions: dict, where: str) -> None:
+def _check_listed(version: str, versions: dict[str, Any], where: str) -> None:
     if version not in versions:
         raise ManifestError(f"{where}: expected a listed version ({sorted(versions)}), got {version!r}")
 
 
-def _dump(manifest: Manifest) -> dict:
-    def version(v: Version) -> dict:
+def _dump(manifest: Manifest) -> dict[str, Any]:
+    def version(v: Version) -> dict[str, Any]:
         d: dict[str, Any] = {"url": v.url, "sha256": v.sha256, "size": v.size,
                              "contract": v.contract.to_dict(), "created": v.created}
         if v.min_client_version is not None:
@@ -326,7 +371,7 @@ def _dump(manifest: Manifest) -> dict:
                            "tolerance": v.golden.tolerance}
         return d
 
-    def model(m: ModelEntry) -> dict:
+    def model(m: ModelEntry) -> dict[str, Any]:
         d: dict[str, Any] = {"versions": {k: version(v) for k, v in m.versions.items()},
                              "channels": dict(m.channels)}
         if m.rollout is not None:

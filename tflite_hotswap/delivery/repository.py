@@ -13,46 +13,67 @@ the new one, never a manifest naming a missing or partial file.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
+import logging
 import os
 from datetime import datetime, timezone
-from typing import Iterator, Optional
 
 import numpy as np
 
+from ..errors import IncompatibleModelError, ManifestError, MisuseError
 from ..serving.backend import load_backend
-from ..errors import ManifestError, MisuseError
-from .sources import MANIFEST_NAME
+from ..serving.contract import Contract, differences
 from ..serving.loader import load_proven, read_model
-from .manifest import Golden, Manifest, ModelEntry, Rollout, Version, check_name, parse_manifest
-from .store import atomic_write
+from .manifest import (
+    Golden,
+    Manifest,
+    ModelEntry,
+    Rollout,
+    Version,
+    check_name,
+    parse_manifest,
+)
+from .sources import MANIFEST_NAME
+from .store import atomic_write, file_lock, storage_errors
+
+logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _publish_lock(repo: str) -> Iterator[None]:
-    with open(os.path.join(repo, ".publish.lock"), "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+def _check_folder(repo: str, *, missing_ok: bool) -> None:
+    """Raises: MisuseError: if ``repo`` is a file, or is missing and that is not ok."""
+    if os.path.isdir(repo) or (missing_ok and not os.path.lexists(repo)):
+        return
+    found = "a file" if os.path.lexists(repo) else "nothing"
+    raise MisuseError(f"repository: expected a folder, found {found} at {repo!r}")
 
 
-def load_manifest(repo: str) -> Manifest:
+def load_manifest(repo: str, *, required: bool = False) -> Manifest:
     """The repository's manifest (an empty one with serial 0 if there is none yet).
 
+    Args:
+        repo: the repository folder.
+        required: refuse a folder without a manifest instead of returning an empty one.
+
     Raises:
+        MisuseError: if ``repo`` is not a folder, or has no manifest and ``required``.
         ManifestError: if the manifest exists but is malformed.
+        StorageError: if the manifest cannot be read.
     """
+    _check_folder(repo, missing_ok=False)
     path = os.path.join(repo, MANIFEST_NAME)
     if not os.path.exists(path):
+        if required:
+            raise MisuseError(f"repository: expected {MANIFEST_NAME} in {repo!r}, found none "
+                              f"(publish a model there first)")
         return Manifest(0, {})
-    with open(path, "rb") as f:
+    with storage_errors(f"{path}: expected a manifest"), open(path, "rb") as f:
         return parse_manifest(f.read())
 
 
-def publish(repo: str, model_file: str, *, model: str, version: str, channel: Optional[str] = None,
-            rollout: Optional[float] = None, golden: Optional[str] = None,
-            golden_tolerance: float = 1e-5, backend: str = "auto") -> Manifest:
+def publish(repo: str, model_file: str, *, model: str, version: str, channel: str | None = None,
+            rollout: float | None = None, golden: str | None = None,
+            golden_tolerance: float = 1e-5, backend: str = "auto",
+            allow_contract_change: bool = False) -> Manifest:
     """Add ``model_file`` to the repository as ``version`` of ``model``; return the new manifest.
 
     Computes the sha256, size and I/O contract (loading the model, so a model
@@ -61,9 +82,17 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: Op
     rewrites the manifest atomically with the serial bumped.  Publishing the
     same content again under the same version only updates channel/rollout.
 
+    A version whose I/O contract differs from that of a version on one of the
+    model's channels is refused unless ``allow_contract_change``: devices
+    following that channel would refuse it.
+
     Raises:
-        MisuseError: for a bad name, or a version id that exists with different content.
+        MisuseError: for a bad name, a repository path that is a file, or a
+            version id that exists with different content.
+        IncompatibleModelError: if the I/O contract differs from a channel's
+            version and ``allow_contract_change`` is False.
         InvalidModelError: if the model cannot be loaded.
+        StorageError: if the repository cannot be written.
         ManifestError: if the existing manifest is malformed, or the golden
             file is not an ``.npz`` with the model's inputs and outputs.
     """
@@ -74,12 +103,14 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: Op
             raise MisuseError(str(e)) from None
     if rollout is not None and not 0 <= rollout <= 100:
         raise MisuseError(f"rollout: expected a percentage from 0 to 100, got {rollout}")
+    _check_folder(repo, missing_ok=True)
     data = read_model(model_file)
     chosen = load_backend(backend)
     _, loaded, _ = load_proven(chosen, data, None, None, isolate=not chosen.verifies_models)
     sha256 = loaded.sha256
-    os.makedirs(os.path.join(repo, "models", model), exist_ok=True)
-    with _publish_lock(repo):
+    with storage_errors(f"{repo}: expected a repository folder"):
+        os.makedirs(os.path.join(repo, "models", model), exist_ok=True)
+    with file_lock(os.path.join(repo, ".publish.lock"), None):
         manifest = load_manifest(repo)
         entry = manifest.models.get(model) or ModelEntry({}, {})
         existing = entry.versions.get(version)
@@ -87,6 +118,8 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: Op
             raise MisuseError(f"version {version!r} of {model!r} exists with different content "
                               f"(sha256 {existing.sha256[:12]}..., this file {sha256[:12]}...); "
                               f"expected a new version id")
+        if not allow_contract_change:
+            _check_contract(entry, model, version, loaded.contract)
         url = f"models/{model}/{version}.tflite"
         if existing is None:
             atomic_write(os.path.join(repo, *url.split("/")), data)
@@ -109,10 +142,25 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: Op
         updated = Manifest(manifest.serial + 1, models)
         parse_manifest(updated.to_json())  # never write a manifest clients would refuse
         atomic_write(os.path.join(repo, MANIFEST_NAME), updated.to_json())
+        logger.info("published %s %s (sha256 %s, %d bytes) as serial %d", model, version, sha256[:12],
+                    len(data), updated.serial)
         return updated
 
 
-def _copy_golden(repo: str, model: str, version: str, path: str, tolerance: float, contract) -> Golden:
+def _check_contract(entry: ModelEntry, model: str, version: str, contract: Contract) -> None:
+    """Raises: IncompatibleModelError: if ``contract`` cannot stand in for a channel's version."""
+    found = []
+    for channel, vid in sorted(entry.channels.items()):
+        if vid != version:
+            found += [f"{channel} ({vid}): {d}" for d in differences(entry.versions[vid].contract, contract)]
+    if found:
+        raise IncompatibleModelError(
+            f"version {version!r} of {model!r}: expected the I/O contract of the versions on its channels, "
+            f"got a different one: " + "; ".join(found) + " (pass --allow-contract-change / "
+            "allow_contract_change=True to publish anyway)", found)
+
+
+def _copy_golden(repo: str, model: str, version: str, path: str, tolerance: float, contract: Contract) -> Golden:
     try:
         with open(path, "rb") as f:
             data = f.read()

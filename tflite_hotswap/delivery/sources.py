@@ -8,18 +8,24 @@ source can replace these without touching the rest.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
+import logging
 import os
 import random
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
-from urllib.parse import quote, urljoin, urlsplit
+from typing import Any, BinaryIO, Callable, TypeVar
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ..errors import DownloadTimeoutError, HTTPStatusError, MisuseError, TransportError
 
 MANIFEST_NAME = "manifest.json"
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class FetchConfig:
     lock_timeout: float = 600.0
 
 
+DEFAULT_CONFIG = FetchConfig()
+
+
 @dataclass
 class Stream:
     """An open download.
@@ -64,8 +73,8 @@ class Stream:
     """
 
     start: int
-    total: Optional[int]
-    etag: Optional[str]
+    total: int | None
+    etag: str | None
     chunks: Iterator[bytes]
     close: Callable[[], None]
 
@@ -77,26 +86,46 @@ class RangeNotSatisfiable(Exception):
 class Source:
     """Where a repository's files come from."""
 
-    def manifest(self, etag: Optional[str], config: FetchConfig) -> tuple[Optional[bytes], Optional[str]]:
-        """Return (manifest bytes, ETag), or (None, etag) if unchanged since ``etag``."""
+    def manifest(self, etag: str | None, config: FetchConfig,
+                 deadline: float | None = None) -> tuple[bytes | None, str | None]:
+        """Return (manifest bytes, ETag), or (None, etag) if unchanged since ``etag``.
+
+        Args:
+            etag: the ETag of the manifest already held, or None to ask unconditionally.
+            config: timeouts and limits.
+            deadline: ``time.monotonic()`` value by which the whole answer must
+                have arrived (default: ``config.deadline`` from now).
+
+        Raises:
+            TransportError: on any transport failure (``retryable`` says if a
+                retry may help); DownloadTimeoutError when time ran out.
+        """
         raise NotImplementedError
 
-    def open(self, url: str, offset: int, etag: Optional[str], config: FetchConfig) -> Stream:
+    def open(self, url: str, offset: int, etag: str | None, config: FetchConfig,
+             deadline: float | None = None) -> Stream:
         """Stream file ``url`` (relative to the repository) from ``offset``.
 
         ``etag`` guards the resume: if the file changed, the stream restarts at 0.
+        Every read of the stream ends by ``deadline`` (a ``time.monotonic()``
+        value; default: ``config.deadline`` from now).
 
         Raises:
             RangeNotSatisfiable: if there is nothing at ``offset``.
             TransportError: on any transport failure (``retryable`` says if a
-                retry may help).
+                retry may help); DownloadTimeoutError when time ran out.
         """
         raise NotImplementedError
 
 
-def open_source(url: str, *, headers: Optional[dict] = None,
-                sign: Optional[Callable[[str], str]] = None) -> Source:
-    """A source for a repository URL: ``file:///path/``, ``http://...`` or ``https://...``.
+def open_source(url: str, *, headers: dict[str, str] | None = None,
+                sign: Callable[[str], str] | None = None) -> Source:
+    """A source for a repository: ``file:///abs/path/``, ``http://...``, ``https://...`` or a folder.
+
+    A ``file:`` URL must name an absolute path (``file:///srv/repo``, three
+    slashes).  ``file://srv/repo`` would name the host ``srv``, so it is refused
+    rather than read from ``/repo``; a relative folder is given as a plain
+    path, without ``file:``, and is resolved against the current directory.
 
     Args:
         url: the repository (the folder holding ``manifest.json``).
@@ -105,21 +134,45 @@ def open_source(url: str, *, headers: Optional[dict] = None,
             presign it for a private S3-compatible bucket.
 
     Raises:
-        MisuseError: for another scheme.
+        MisuseError: for another scheme, a ``file:`` URL that is not absolute,
+            or a plain path that is not a folder.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "file":
-        return FileSource(urlsplit(url).path)
-    if scheme in ("http", "https"):
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise MisuseError(f"repository URL: expected file:///absolute/path (three slashes), got {url!r}; "
+                              f"give a relative folder as a plain path, without file:")
+        return FileSource(unquote(parts.path))
+    if parts.scheme in ("http", "https"):
         return HTTPSource(url, headers=headers, sign=sign)
-    if not scheme and os.path.isdir(url):
+    if not parts.scheme and os.path.isdir(url):
         return FileSource(url)
-    raise MisuseError(f"repository URL: expected file://, http:// or https://, got {url!r}")
+    if not parts.scheme and os.path.exists(url):
+        raise MisuseError(f"repository: expected a folder, got a file: {url!r}")
+    raise MisuseError(f"repository URL: expected file://, http://, https:// or an existing folder, got {url!r}")
 
 
 def _retryable(error: TransportError, flag: bool) -> TransportError:
     error.retryable = flag  # type: ignore[attr-defined]
     return error
+
+
+def _until(deadline: float | None, config: FetchConfig) -> float:
+    return deadline if deadline is not None else time.monotonic() + config.deadline
+
+
+@contextlib.contextmanager
+def _transport_errors(what: str, config: FetchConfig) -> Iterator[None]:
+    """Turn the socket's and http.client's errors into retryable TransportErrors (the one place)."""
+    try:
+        yield
+    except TransportError:
+        raise
+    except socket.timeout as e:
+        raise _retryable(DownloadTimeoutError(f"{what}: expected data within {config.read_timeout:g} s, "
+                                              f"got none"), True) from e
+    except (OSError, http.client.HTTPException) as e:
+        raise _retryable(TransportError(f"{what}: {type(e).__name__}: {e}"), True) from e
 
 
 class FileSource(Source):
@@ -128,130 +181,178 @@ class FileSource(Source):
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
-    def _path(self, url: str) -> str:
-        return os.path.join(self.root, *urlsplit(url).path.split("/"))
-
-    def manifest(self, etag, config):
-        path = self._path(MANIFEST_NAME)
+    def _open(self, url: str) -> tuple[BinaryIO, str, int]:
+        """The open file, its validator and its size."""
+        path = os.path.join(self.root, *urlsplit(url).path.split("/"))
         try:
-            st = os.stat(path)
-            current = f"{st.st_mtime_ns:x}-{st.st_size:x}"
-            if etag == current:
-                return None, etag
-            if st.st_size > config.manifest_max_bytes:
-                raise _retryable(TransportError(f"{path}: expected at most {config.manifest_max_bytes} "
-                                                f"bytes, got {st.st_size}"), False)
-            with open(path, "rb") as f:
-                return f.read(), current
-        except FileNotFoundError as e:
-            raise _retryable(TransportError(f"{path}: expected a manifest, not found"), False) from e
-        except OSError as e:
-            raise _retryable(TransportError(f"{path}: {e}"), True) from e
-
-    def open(self, url, offset, etag, config):
-        path = self._path(url)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError as e:
-            raise _retryable(TransportError(f"{path}: expected a file, not found"), False) from e
+            f = open(path, "rb")  # noqa: SIM115 (returned to the caller, who closes it)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise _retryable(TransportError(f"{path}: expected a file, found none"), False) from e
         except OSError as e:
             raise _retryable(TransportError(f"{path}: {e}"), True) from e
         st = os.fstat(f.fileno())
-        current = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+        return f, f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_size
+
+    def manifest(self, etag: str | None, config: FetchConfig,
+                 deadline: float | None = None) -> tuple[bytes | None, str | None]:
+        f, current, size = self._open(MANIFEST_NAME)
+        with f, _transport_errors(f.name, config):
+            if etag == current:
+                return None, etag
+            if size > config.manifest_max_bytes:
+                raise _retryable(TransportError(f"{f.name}: expected at most {config.manifest_max_bytes} "
+                                                f"bytes, got {size}"), False)
+            return f.read(), current
+
+    def open(self, url: str, offset: int, etag: str | None, config: FetchConfig,
+             deadline: float | None = None) -> Stream:
+        f, current, size = self._open(url)
         if etag != current:
             offset = 0
-        if offset > st.st_size:
+        if offset > size:
             f.close()
             raise RangeNotSatisfiable()
         f.seek(offset)
-        return Stream(offset, st.st_size, current, iter(lambda: f.read(config.chunk_bytes), b""), f.close)
+        return Stream(offset, size, current, iter(lambda: f.read(config.chunk_bytes), b""), f.close)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's input where every read ends by the read timeout and by the deadline.
+
+    http.client reads the status line, the headers and the body through this,
+    so a server trickling any of them cannot hold a request past the deadline.
+    """
+
+    def __init__(self, sock: socket.socket, what: str, config: FetchConfig, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open while this is
+        self._what = what
+        self._config = config
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left > 0:
+            self._sock.settimeout(min(self._config.read_timeout, left))
+            try:
+                return self._raw.readinto(buffer)
+            except socket.timeout:
+                if time.monotonic() < self._deadline:
+                    raise  # the read timeout: retryable
+        raise _retryable(DownloadTimeoutError(f"{self._what}: expected the answer within the "
+                                              f"{self._config.deadline:g} s deadline, it was still "
+                                              f"arriving"), False)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """The connection's socket, handing http.client a :class:`_DeadlineReader` to read from."""
+
+    def __init__(self, sock: socket.socket, what: str, config: FetchConfig, deadline: float) -> None:
+        self._sock = sock
+        self._reader = (what, config, deadline)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, *self._reader))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class HTTPSource(Source):
     """A repository served over HTTP(S): any static server, CDN or bucket."""
 
-    def __init__(self, base_url: str, *, headers: Optional[dict] = None,
-                 sign: Optional[Callable[[str], str]] = None) -> None:
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
+                 sign: Callable[[str], str] | None = None) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.headers = dict(headers or {})
         self.sign = sign
 
-    def _request(self, url: str, headers: dict, config: FetchConfig) -> http.client.HTTPResponse:
+    def _request(self, url: str, headers: dict[str, str], config: FetchConfig,
+                 deadline: float) -> http.client.HTTPResponse:
         absolute = urljoin(self.base_url, quote(url, safe="/?&=%:"))
         if self.sign is not None:
             absolute = self.sign(absolute)
         parts = urlsplit(absolute)
+        what = f"GET {absolute}"
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=config.connect_timeout)
+        left = max(0.001, deadline - time.monotonic())
+        conn = cls(parts.hostname or "", parts.port, timeout=min(config.connect_timeout, left))
         try:
-            conn.connect()
-            conn.sock.settimeout(config.read_timeout)
-            target = parts.path + (f"?{parts.query}" if parts.query else "")
-            conn.request("GET", target, headers={**self.headers, **headers})
-            response = conn.getresponse()
-        except socket.timeout as e:
+            with _transport_errors(what, config):
+                conn.connect()
+                conn.sock = _DeadlineSocket(conn.sock, what, config, deadline)
+                target = parts.path + (f"?{parts.query}" if parts.query else "")
+                conn.request("GET", target, headers={**self.headers, **headers})
+                response = conn.getresponse()
+        except TransportError:
             conn.close()
-            raise _retryable(DownloadTimeoutError(f"GET {absolute}: timed out ({e})"), True) from e
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise _retryable(TransportError(f"GET {absolute}: {type(e).__name__}: {e}"), True) from e
+            raise
         response.conn_to_close = conn  # type: ignore[attr-defined]
         if response.status >= 400:
-            body = response.read(200)
             conn.close()
-            error = HTTPStatusError(f"GET {absolute}: expected 200/206, got {response.status} "
-                                    f"{response.reason} {body[:80]!r}", response.status)
+            error = HTTPStatusError(f"{what}: expected 200/206, got {response.status} {response.reason}",
+                                    response.status)
             error.retry_after = _retry_after(response.getheader("Retry-After"))  # type: ignore[attr-defined]
             raise _retryable(error, response.status >= 500 or response.status in (408, 429))
         return response
 
-    def manifest(self, etag, config):
-        response = self._request(MANIFEST_NAME, {"If-None-Match": etag} if etag else {}, config)
+    def manifest(self, etag: str | None, config: FetchConfig,
+                 deadline: float | None = None) -> tuple[bytes | None, str | None]:
+        response = self._request(MANIFEST_NAME, {"If-None-Match": etag} if etag else {}, config,
+                                 _until(deadline, config))
         try:
             if response.status == 304:
                 return None, etag
-            data = _read_all(response, config.manifest_max_bytes)
+            with _transport_errors(f"GET {MANIFEST_NAME}", config):
+                data = response.read(config.manifest_max_bytes + 1)
+            if len(data) > config.manifest_max_bytes:
+                raise _retryable(TransportError(f"{MANIFEST_NAME}: expected at most "
+                                                f"{config.manifest_max_bytes} bytes, got more"), False)
             return data, response.getheader("ETag")
         finally:
             response.conn_to_close.close()  # type: ignore[attr-defined]
 
-    def open(self, url, offset, etag, config):
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if etag:
-                headers["If-Range"] = etag
-        try:
-            response = self._request(url, headers, config)
-        except HTTPStatusError as e:
-            if e.status == 416:
-                raise RangeNotSatisfiable() from e
-            raise
-        start, total = 0, None
-        if response.status == 206:
-            start, total = _content_range(response.getheader("Content-Range"), url)
-            if start != offset:  # not what was asked: restart cleanly
-                response.conn_to_close.close()  # type: ignore[attr-defined]
-                return self.open(url, 0, None, config)
-        elif response.status == 200:
-            length = response.getheader("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        else:
+    def open(self, url: str, offset: int, etag: str | None, config: FetchConfig,
+             deadline: float | None = None) -> Stream:
+        until = _until(deadline, config)
+        # At most two requests: the range asked for, then (if the server
+        # answered another range) the whole file.
+        for start_wanted in dict.fromkeys((offset, 0)):
+            headers = {"Accept-Encoding": "identity"}
+            if start_wanted:
+                headers["Range"] = f"bytes={start_wanted}-"
+                if etag:
+                    headers["If-Range"] = etag
+            try:
+                response = self._request(url, headers, config, until)
+            except HTTPStatusError as e:
+                if e.status == 416:
+                    raise RangeNotSatisfiable() from e
+                raise
+            start, total = _body_range(response, url)
+            if start == start_wanted or response.status == 200:
+                return self._stream(url, response, start, total, config)
             response.conn_to_close.close()  # type: ignore[attr-defined]
-            raise _retryable(HTTPStatusError(f"GET {url}: expected 200 or 206, got {response.status}",
-                                             response.status), False)
+        raise _retryable(TransportError(f"GET {url}: expected the body from byte 0, got Content-Range "
+                                        f"{response.getheader('Content-Range')!r}"), False)
 
+    @staticmethod
+    def _stream(url: str, response: http.client.HTTPResponse, start: int, total: int | None,
+                config: FetchConfig) -> Stream:
         def chunks() -> Iterator[bytes]:
             while True:
-                try:
-                    # read1: whatever has arrived (up to chunk_bytes), so a slow
-                    # sender cannot hold a read past the deadline check.
+                # read1: whatever has arrived (up to chunk_bytes); each read
+                # also ends by the deadline (see _DeadlineReader).
+                with _transport_errors(f"GET {url}", config):
                     chunk = response.read1(config.chunk_bytes)
-                except socket.timeout as e:
-                    raise _retryable(DownloadTimeoutError(f"GET {url}: no data for "
-                                                          f"{config.read_timeout:g} s"), True) from e
-                except (OSError, http.client.HTTPException) as e:
-                    raise _retryable(TransportError(f"GET {url}: {type(e).__name__}: {e}"), True) from e
                 if not chunk:
                     if response.length:  # the server promised more than it sent
                         raise _retryable(TransportError(f"GET {url}: connection closed with "
@@ -263,36 +364,39 @@ class HTTPSource(Source):
                       response.conn_to_close.close)  # type: ignore[attr-defined]
 
 
-def _read_all(response: http.client.HTTPResponse, limit: int) -> bytes:
-    try:
-        data = response.read(limit + 1)
-    except socket.timeout as e:
-        raise _retryable(DownloadTimeoutError(f"manifest: read timed out ({e})"), True) from e
-    except (OSError, http.client.HTTPException) as e:
-        raise _retryable(TransportError(f"manifest: {type(e).__name__}: {e}"), True) from e
-    if len(data) > limit:
-        raise _retryable(TransportError(f"manifest: expected at most {limit} bytes, got more"), False)
-    return data
+def _body_range(response: http.client.HTTPResponse, url: str) -> tuple[int, int | None]:
+    """Where the body starts and the file's total size, from a 200 or 206 answer.
 
-
-def _content_range(value: Optional[str], url: str) -> tuple[int, Optional[int]]:
+    Raises:
+        TransportError: for another status or a malformed Content-Range.
+    """
+    if response.status == 200:
+        length = response.getheader("Content-Length")
+        return 0, int(length) if length and length.isdigit() else None
+    if response.status != 206:
+        response.conn_to_close.close()  # type: ignore[attr-defined]
+        raise _retryable(HTTPStatusError(f"GET {url}: expected 200 or 206, got {response.status} "
+                                         f"{response.reason}", response.status), False)
+    value = response.getheader("Content-Range")
     try:
-        unit, _, rest = (value or "").partition(" ")
+        _unit, _, rest = (value or "").partition(" ")
         span, _, total = rest.partition("/")
         return int(span.split("-")[0]), (None if total == "*" else int(total))
     except ValueError:
-        raise _retryable(TransportError(f"GET {url}: expected a Content-Range, got {value!r}"), False) from None
+        response.conn_to_close.close()  # type: ignore[attr-defined]
+        raise _retryable(TransportError(f"GET {url}: expected a Content-Range, got {value!r}"),
+                         False) from None
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
 
 
-def with_retries(action: Callable[[], object], config: FetchConfig, deadline: float,
-                 sleep: Callable[[float], None] = time.sleep) -> object:
+def with_retries(action: Callable[[], T], config: FetchConfig, deadline: float,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
     """Run ``action``, retrying retryable transport errors with exponential backoff and jitter.
 
     Raises:
@@ -305,10 +409,12 @@ def with_retries(action: Callable[[], object], config: FetchConfig, deadline: fl
         except TransportError as e:
             if not getattr(e, "retryable", False) or attempt == config.max_attempts:
                 raise
-            delay = getattr(e, "retry_after", None)
+            delay: float | None = getattr(e, "retry_after", None)
             if delay is None:
                 delay = min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if time.monotonic() + delay > deadline:
                 raise
+            logger.warning("attempt %d of %d failed (%s); retrying in %.2f s", attempt, config.max_attempts,
+                           e, delay)
             sleep(delay)
     raise AssertionError("unreachable")

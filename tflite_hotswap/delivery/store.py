@@ -24,19 +24,78 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import IO, Any, Callable
 
-from ..errors import (DiskFullError, DownloadTimeoutError, HashMismatchError, LockTimeoutError,
-                     SizeExceededError, StorageError, TransportError)
-from .sources import FetchConfig, RangeNotSatisfiable, Source, with_retries
-from .manifest import Manifest, Version, parse_manifest
+from ..errors import (
+    DeliveryError,
+    DiskFullError,
+    DownloadTimeoutError,
+    HashMismatchError,
+    LockTimeoutError,
+    SizeExceededError,
+    StorageError,
+    TransportError,
+)
+from .manifest import MAX_INT, SHA256, Manifest, Version, parse_manifest
+from .sources import (
+    DEFAULT_CONFIG,
+    FetchConfig,
+    RangeNotSatisfiable,
+    Source,
+    with_retries,
+)
 
 Progress = Callable[[int, int], None]
+ModelRecord = dict[str, Any]
 _STATE_FORMAT = 1
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn file system errors into StorageError (the one place); delivery errors pass through."""
+    try:
+        yield
+    except DeliveryError:
+        raise
+    except OSError as e:
+        raise StorageError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def file_lock(path: str, timeout: float | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Args:
+        path: the lock file.
+        timeout: seconds to wait for another holder; None waits as long as it takes.
+
+    Raises:
+        LockTimeoutError: if another process held it longer than ``timeout``.
+        StorageError: if the lock file cannot be opened.
+    """
+    with contextlib.ExitStack() as stack:
+        with storage_errors(f"{path}: expected a lock file"):
+            f = stack.enter_context(open(path, "a+b"))
+        if timeout is None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        deadline = time.monotonic() + (timeout or 0.0)
+        while timeout is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeoutError(f"{path}: another process held the lock for more "
+                                           f"than {timeout:g} s") from None
+                time.sleep(0.01)
+        yield
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -61,6 +120,7 @@ def atomic_write(path: str, data: bytes) -> None:
 
 
 def fsync_dir(folder: str) -> None:
+    """Make a rename or unlink in ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -69,6 +129,7 @@ def fsync_dir(folder: str) -> None:
 
 
 def sha256_file(path: str) -> str:
+    """The sha256 of a file's content, as hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -80,10 +141,10 @@ def sha256_file(path: str) -> str:
 class ModelState:
     """Where one model stands on this device."""
 
-    current: Optional[str]
-    last_known_good: Optional[str]
-    bad: dict
-    versions: dict
+    current: str | None
+    last_known_good: str | None
+    bad: dict[str, str]
+    versions: dict[str, dict[str, Any]]
 
 
 class Store:
@@ -99,22 +160,21 @@ class Store:
         StorageError: if the folder cannot be created or read.
     """
 
-    def __init__(self, root: str, *, keep: int = 2, config: FetchConfig = FetchConfig()) -> None:
+    def __init__(self, root: str, *, keep: int = 2, config: FetchConfig = DEFAULT_CONFIG) -> None:
         self.root = os.path.abspath(root)
         self.keep = keep
         self.config = config
-        self._manifest: Optional[tuple[Optional[str], Manifest]] = None  # (ETag, parsed)
-        try:
+        self._manifest: tuple[str | None, Manifest] | None = None  # (ETag, parsed)
+        with storage_errors(f"{self.root}: could not open the store"):
             for sub in ("objects", "partial", "locks"):
                 os.makedirs(os.path.join(self.root, sub), exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"{self.root}: could not create the store ({e})") from e
-        with self._state_lock():
-            self._recover()
+            with self._state_lock():
+                self._recover()
 
     # -------------------------------------------------------------- paths
 
     def object_path(self, sha256: str) -> str:
+        """Where the verified file with this sha256 lives (whether or not it is stored)."""
         return os.path.join(self.root, "objects", sha256)
 
     def _partial(self, sha256: str) -> tuple[str, str]:
@@ -124,12 +184,15 @@ class Store:
     # ------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        """Finish or undo whatever a crash interrupted."""
+        """Finish or undo whatever a crash interrupted; remove what does not belong."""
         for folder in (self.root, os.path.join(self.root, "objects"), os.path.join(self.root, "partial")):
             for name in os.listdir(folder):
                 if name.endswith(".tmp") and not _writer_alive(name):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))
+                    _remove(os.path.join(folder, name), "a temporary file left by a crash")
+        for sub in ("objects", "partial", "locks"):  # these hold regular files only
+            for entry in os.scandir(os.path.join(self.root, sub)):
+                if not entry.is_file(follow_symlinks=False):
+                    _remove(entry.path, "expected a regular file")
         partial = os.path.join(self.root, "partial")
         for name in os.listdir(partial):
             sha256, _, ext = name.partition(".")
@@ -137,12 +200,10 @@ class Store:
                 continue  # another process's temporary file (handled above)
             other = os.path.join(partial, f"{sha256}.{'json' if ext == 'part' else 'part'}")
             if not os.path.exists(other) and not self._locked_by_other(sha256):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(partial, name))
+                _remove(os.path.join(partial, name), "a partial download without its description")
         for name in os.listdir(os.path.join(self.root, "objects")):
-            path = self.object_path(name)
-            if sha256_file(path) != name:
-                os.unlink(path)
+            if not SHA256.fullmatch(name) or sha256_file(self.object_path(name)) != name:
+                _remove(self.object_path(name), "content does not match the name")
 
     def _locked_by_other(self, sha256: str) -> bool:
         path = os.path.join(self.root, "locks", sha256 + ".lock")
@@ -158,71 +219,76 @@ class Store:
 
     # --------------------------------------------------------------- state
 
-    @contextlib.contextmanager
-    def _state_lock(self) -> Iterator[None]:
-        with self._flock(os.path.join(self.root, ".lock"), self.config.lock_timeout):
-            yield
+    def _state_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Serialises read-modify-write of the state record (and entry into ``objects/``)."""
+        return file_lock(os.path.join(self.root, ".lock"), self.config.lock_timeout)
 
-    @contextlib.contextmanager
-    def _flock(self, path: str, timeout: float) -> Iterator[None]:
-        f = open(path, "a+b")
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LockTimeoutError(f"{path}: another process held the lock for more "
-                                               f"than {timeout:g} s") from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            f.close()
+    def _read_state(self) -> dict[str, Any]:
+        """The state record, checked.
 
-    def _read_state(self) -> dict:
+        Raises:
+            StorageError: if it cannot be read or is not a state record.
+        """
         path = os.path.join(self.root, "state.json")
         try:
             with open(path, "rb") as f:
                 state = json.load(f)
         except FileNotFoundError:
             return {"format": _STATE_FORMAT, "max_serial": None, "manifest_etag": None, "models": {}}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise StorageError(f"{path}: expected the store's state record, could not read it ({e})") from e
-        if state.get("format") != _STATE_FORMAT:
-            raise StorageError(f"{path}: expected state format {_STATE_FORMAT}, got {state.get('format')!r}")
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise StorageError(f"{path}: expected state format {_STATE_FORMAT}, got {found!r}")
+        problem = _state_problem(state)
+        if problem:
+            raise StorageError(f"{path}: expected the store's state record, {problem} (damaged)")
         return state
 
-    def _write_state(self, state: dict) -> None:
+    def _write_state(self, state: dict[str, Any]) -> None:
         atomic_write(os.path.join(self.root, "state.json"), json.dumps(state, indent=1, sort_keys=True).encode())
 
     def state(self, model: str) -> ModelState:
-        """The recorded state of ``model`` (all None/empty if never seen)."""
+        """The recorded state of ``model`` (all None/empty if never seen).
+
+        Raises:
+            StorageError: if the state record is unreadable or damaged.
+        """
         m = self._read_state()["models"].get(model, {})
         return ModelState(m.get("current"), m.get("last_known_good"), dict(m.get("bad", {})),
                           dict(m.get("versions", {})))
 
-    def _update_model(self, model: str, change: Callable[[dict], None]) -> None:
+    def _update_model(self, model: str, change: Callable[[ModelRecord], None]) -> None:
         with self._state_lock():
-            state = self._read_state()
-            m = state["models"].setdefault(model, {"current": None, "last_known_good": None,
-                                                   "bad": {}, "versions": {}})
-            change(m)
-            self._write_state(state)
+            self._change_model(model, change)
+
+    def _change_model(self, model: str, change: Callable[[ModelRecord], None]) -> None:
+        """Read, change and write one model's record; the caller holds the state lock."""
+        state = self._read_state()
+        m = state["models"].setdefault(model, {"current": None, "last_known_good": None,
+                                               "bad": {}, "versions": {}})
+        change(m)
+        self._write_state(state)
 
     def record(self, model: str, version: Version) -> None:
-        """Remember that ``version`` of ``model`` is stored (its sha256 and when)."""
-        self._update_model(model, lambda m: m["versions"].__setitem__(
-            version.id, {"sha256": version.sha256, "stored_at": time.time()}))
+        """Remember that ``version`` of ``model`` is stored (its sha256 and when).
+
+        Raises:
+            StorageError: if its file is not stored here, or the state record
+                cannot be read or written.
+        """
+        if not self._record_if_stored(model, version):
+            raise StorageError(f"{model} {version.id}: expected its file {version.sha256} in the store, "
+                               f"found none")
 
     def mark_current(self, model: str, version: str, *, good: bool = True) -> None:
         """Record ``version`` as serving; ``good`` also makes it the last-known-good.
 
         Raises:
-            StorageError: if the version was never stored here.
+            StorageError: if the version was never stored here (or was
+                pruned), or the state record cannot be read or written.
         """
-        def change(m: dict) -> None:
+        def change(m: ModelRecord) -> None:
             if version not in m["versions"]:
                 raise StorageError(f"{model} {version}: expected a stored version, got an unknown one "
                                    f"(stored: {sorted(m['versions'])})")
@@ -232,8 +298,12 @@ class Store:
         self._update_model(model, change)
 
     def mark_bad(self, model: str, version: str, reason: str) -> None:
-        """Record ``version`` as bad (with why); it is never chosen again by ``usable``."""
-        def change(m: dict) -> None:
+        """Record ``version`` as bad (with why); it is never chosen again by ``usable``.
+
+        Raises:
+            StorageError: if the state record cannot be read or written.
+        """
+        def change(m: ModelRecord) -> None:
             m["bad"][version] = reason
             if m["current"] == version:
                 m["current"] = m["last_known_good"] if m["last_known_good"] != version else None
@@ -258,45 +328,56 @@ class Store:
 
         Returns:
             (manifest, changed): ``changed`` is False when the source answered
-            "not modified" and the stored manifest was reused unparsed.
+            "not modified" and the stored manifest was reused.
 
         Raises:
             SerialRollbackError: if the serial is lower than one accepted before.
             ManifestError: if the manifest is malformed.
-            TransportError: if the source cannot be reached.
+            TransportError: if the source cannot be reached, or answers "not
+                modified" to an unconditional request.
+            DownloadTimeoutError: if the answer is not complete within ``config.deadline``.
+            StorageError: if the store's state or stored manifest cannot be read.
         """
         state = self._read_state()
         stored = os.path.join(self.root, "manifest.json")
-        etag = state.get("manifest_etag") if os.path.exists(stored) else None
+        etag = state["manifest_etag"] if os.path.exists(stored) else None
         deadline = time.monotonic() + self.config.deadline
-        data, new_etag = with_retries(lambda: source.manifest(etag, self.config), self.config, deadline)
+        data, new_etag = with_retries(lambda: source.manifest(etag, self.config, deadline), self.config, deadline)
         if data is None:
+            if etag is None:
+                raise TransportError("manifest: expected the manifest, the source answered 'not modified' "
+                                     "to a request that named no ETag")
             if self._manifest is not None and self._manifest[0] == etag:
+                logger.debug("manifest not modified (ETag %s)", etag)
                 return self._manifest[1], False  # not modified: nothing re-parsed
-            with open(stored, "rb") as f:  # first look in this process
+            with storage_errors(f"{stored}: expected the stored manifest"), open(stored, "rb") as f:
                 manifest = parse_manifest(f.read())
             self._manifest = (etag, manifest)
             return manifest, False
         with self._state_lock():
             state = self._read_state()
-            manifest = parse_manifest(data, min_serial=state.get("max_serial"))
+            manifest = parse_manifest(data, min_serial=state["max_serial"])
             atomic_write(stored, data)
             state["max_serial"] = manifest.serial
             state["manifest_etag"] = new_etag
             self._write_state(state)
+        logger.info("manifest serial %d accepted (%d model(s), ETag %s)", manifest.serial,
+                    len(manifest.models), new_etag)
         self._manifest = (new_etag, manifest)
         return manifest, True
 
     # ------------------------------------------------------------ download
 
     def fetch(self, source: Source, model: str, version: Version,
-              progress: Optional[Progress] = None) -> str:
+              progress: Progress | None = None) -> str:
         """Make sure ``version`` is stored, downloading it if needed; return its path.
 
         Exactly one process downloads a given file; others wait for it and
         reuse it.  Downloads resume after interruptions (HTTP Range guarded
         by If-Range), hash while streaming, and stop at the first byte over
-        the announced size.
+        the announced size.  The file enters ``objects/`` and the state
+        record in one critical section under the state lock, so
+        :meth:`prune` in another process never sees it unrecorded.
 
         Raises:
             DiskFullError: if free space is below the size plus the margin.
@@ -305,22 +386,30 @@ class Store:
             TransportError, HTTPStatusError, DownloadTimeoutError: the source
                 failed after retries (the partial file is kept for resuming).
             LockTimeoutError: another process held the download too long.
+            StorageError: if the store cannot be read or written.
         """
-        path = self.object_path(version.sha256)
-        if not os.path.exists(path):
+        if not self._record_if_stored(model, version):
             lock = os.path.join(self.root, "locks", version.sha256 + ".lock")
-            with self._flock(lock, self.config.lock_timeout):
-                if not os.path.exists(path):
-                    self._download(source, version, progress)
-        self.record(model, version)
-        return path
+            with file_lock(lock, self.config.lock_timeout):
+                if not self._record_if_stored(model, version):  # nobody finished it meanwhile
+                    with storage_errors(f"{version.url}: download into {self.root}"):
+                        self._download(source, model, version, progress)
+        return self.object_path(version.sha256)
 
-    def _download(self, source: Source, version: Version, progress: Optional[Progress]) -> None:
+    def _record_if_stored(self, model: str, version: Version) -> bool:
+        """Record ``version`` if its file is stored; whether it is."""
+        with self._state_lock():
+            if not os.path.isfile(self.object_path(version.sha256)):
+                return False
+            self._change_model(model, _recorder(version))
+        return True
+
+    def _download(self, source: Source, model: str, version: Version, progress: Progress | None) -> None:
         part, meta = self._partial(version.sha256)
-        description = {"url": version.url, "etag": None, "size": version.size}
+        description: dict[str, Any] = {"url": version.url, "etag": None, "size": version.size}
         have = 0
         if os.path.exists(part) and os.path.exists(meta):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
                 with open(meta) as f:
                     old = json.load(f)
                 if old.get("url") == version.url and old.get("size") == version.size:
@@ -334,6 +423,10 @@ class Store:
             raise DiskFullError(f"{self.root}: expected {needed} bytes free for {version.url} "
                                 f"(size {version.size} + margin {self.config.disk_margin_bytes}), "
                                 f"found {free}")
+        if have:
+            logger.info("resuming %s at byte %d of %d", version.url, have, version.size)
+        else:
+            logger.info("downloading %s (%d bytes)", version.url, version.size)
         atomic_write(meta, json.dumps(description).encode())
         hasher = hashlib.sha256()
         with open(part, "a+b") as f:
@@ -355,22 +448,28 @@ class Store:
             self._discard(version.sha256)
             raise HashMismatchError(f"{version.url}: expected sha256 {version.sha256}, got "
                                     f"{writer.hasher.hexdigest()}")
-        os.replace(part, self.object_path(version.sha256))
-        fsync_dir(os.path.join(self.root, "objects"))
+        with self._state_lock():  # into objects/ and into the record at once (see prune)
+            os.replace(part, self.object_path(version.sha256))
+            fsync_dir(os.path.join(self.root, "objects"))
+            self._change_model(model, _recorder(version))
         with contextlib.suppress(OSError):
             os.unlink(meta)
+        logger.info("downloaded %s: %d bytes, sha256 verified", version.url, version.size)
 
-    def _attempt(self, source: Source, version: Version, writer: "_Writer", description: dict,
+    def _attempt(self, source: Source, version: Version, writer: _Writer, description: dict[str, Any],
                  meta: str, deadline: float) -> None:
         if writer.done == version.size:
             return
         try:
-            stream = source.open(version.url, writer.done, description["etag"], self.config)
+            stream = source.open(version.url, writer.done, description["etag"], self.config, deadline)
         except RangeNotSatisfiable:
-            writer.restart()  # nothing there at our offset: the file changed; start over
-            stream = source.open(version.url, 0, None, self.config)
+            logger.info("%s: nothing at byte %d (the file changed); starting over", version.url, writer.done)
+            writer.restart()
+            stream = source.open(version.url, 0, None, self.config, deadline)
         try:
             if stream.start != writer.done:
+                logger.info("%s: the source sent the file from byte %d, not %d; starting over",
+                            version.url, stream.start, writer.done)
                 writer.restart()
             if stream.etag != description["etag"]:
                 description["etag"] = stream.etag
@@ -403,12 +502,18 @@ class Store:
     def prune(self) -> list[str]:
         """Delete stored files except current, last-known-good and the ``keep`` newest per model.
 
+        The state record is written before any file is deleted, so a crash
+        leaves at most unrecorded files, which the next prune deletes.
+
         Returns:
             The sha256 of every file deleted.
+
+        Raises:
+            StorageError: if the store cannot be read or written.
         """
-        with self._state_lock():
+        with self._state_lock(), storage_errors(f"{self.root}: prune"):
             state = self._read_state()
-            wanted = set()
+            wanted, forgotten = set(), 0
             for m in state["models"].values():
                 newest = sorted(m["versions"].items(), key=lambda kv: kv[1]["stored_at"], reverse=True)
                 keepers = {m["current"], m["last_known_good"]} | {v for v, _ in newest[:self.keep]}
@@ -417,13 +522,54 @@ class Store:
                         wanted.add(m["versions"][version]["sha256"])
                     else:
                         del m["versions"][version]
+                        forgotten += 1
+            if forgotten:
+                self._write_state(state)
             removed = []
             for name in os.listdir(os.path.join(self.root, "objects")):
-                if name not in wanted and not self._locked_by_other(name):
+                if name not in wanted:
                     os.unlink(self.object_path(name))
                     removed.append(name)
-            self._write_state(state)
+                    logger.info("pruned %s", name)
         return removed
+
+
+def _recorder(version: Version) -> Callable[[ModelRecord], None]:
+    """The change to a model's record that notes ``version`` as stored now."""
+    def change(m: ModelRecord) -> None:
+        m["versions"][version.id] = {"sha256": version.sha256, "stored_at": time.time()}
+    return change
+
+
+def _remove(path: str, why: str) -> None:
+    """Delete a file (or a folder that has no business in the store), logging why."""
+    logger.warning("store recovery: deleting %s (%s)", path, why)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a state record's structure, or None."""
+    def optional(value: Any, kind: type) -> bool:
+        return value is None or isinstance(value, kind)
+
+    serial = state.get("max_serial")
+    if not (serial is None or (type(serial) is int and 0 <= serial <= MAX_INT)):
+        return f"max_serial: expected an integer from 0 to {MAX_INT} or null, got {serial!r:.40}"
+    if not optional(state.get("manifest_etag"), str) or not isinstance(state.get("models"), dict):
+        return "expected 'manifest_etag' (string or null) and 'models' (object)"
+    for name, m in state["models"].items():
+        if not (isinstance(m, dict) and optional(m.get("current"), str) and optional(m.get("last_known_good"), str)
+                and isinstance(m.get("bad"), dict) and isinstance(m.get("versions"), dict)):
+            return f"models[{name!r}]: expected current, last_known_good, bad and versions"
+        for vid, entry in m["versions"].items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                    and SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("stored_at"), (int, float))):
+                return f"models[{name!r}].versions[{vid!r}]: expected sha256 and stored_at"
+    return None
 
 
 def _writer_alive(tmp_name: str) -> bool:
@@ -445,7 +591,7 @@ class _Writer:
     release the GIL, so a chunk costs the longer of the two, not their sum.
     """
 
-    def __init__(self, f: Any, hasher: Any, version: Version, progress: Optional[Progress], have: int) -> None:
+    def __init__(self, f: IO[bytes], hasher: Any, version: Version, progress: Progress | None, have: int) -> None:
         self.f = f
         self.hasher = hasher
         self.version = version

@@ -6,17 +6,29 @@ This walks every table, vector and string the TFLite schema defines (the
 checks of flatbuffers' own Verifier: bounds, alignment, vtable sizes,
 string terminators, nesting depth) plus the one reference the schema cannot
 express, a buffer's external ``offset``/``size``, so that everything the
-backend reads lies inside the model.  What is left -- semantic faults such as a
-bad tensor index -- is for the isolated probe (``isolation``).
+backend reads lies inside the model.  Then ``references`` checks that every
+index names something that exists.  What is left -- semantic faults no table
+walk can see -- is for the isolated probe (``isolation``).
+
+Each table position is verified once per type, and vectors of offsets are
+checked with numpy: a model pointing a million references at one table costs
+a million integer checks, not a million table walks.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
-from ._tflite_schema import TABLES, UNIONS
+import numpy as np
+
 from ..errors import InvalidModelError
+from ._tflite_schema import TABLES as _GENERATED_TABLES
+from ._tflite_schema import UNIONS
+from .references import BrokenReference, check_references
 
+# Generated data of mixed tuples: (slot, field, kind, detail[, type slot]).
+TABLES: dict[str, tuple[tuple[Any, ...], ...]] = _GENERATED_TABLES
 _MAX_DEPTH = 64
 _MAX_TABLES = 1_000_000
 _MAX_BUFFER = 2**31 - 1
@@ -32,7 +44,7 @@ class _Verifier:
     def __init__(self, data: bytes) -> None:
         self.buf = memoryview(data)
         self.size = len(data)
-        self.tables = 0
+        self.seen: set[tuple[int, str]] = set()
 
     def need(self, pos: int, length: int, align: int, what: str) -> None:
         if pos < 0 or length < 0 or pos + length > self.size:
@@ -43,7 +55,7 @@ class _Verifier:
     def offset(self, at: int, what: str) -> int:
         """Follow the uoffset stored at ``at``; return the target position."""
         self.need(at, 4, 4, what)
-        o = _U32.unpack_from(self.buf, at)[0]
+        o: int = _U32.unpack_from(self.buf, at)[0]
         if o == 0 or o >= 2**31:
             raise _Invalid(f"{what} at byte {at} has offset {o}; expected 1 to 2**31-1")
         self.need(at + o, 1, 1, what)
@@ -59,15 +71,36 @@ class _Verifier:
         self.need(start + 4, n * elem_size, 1, what)
         return start + 4, n
 
-    def string(self, at: int, what: str) -> None:
-        first, n = self.vector(at, 1, what)
-        self.need(first + n, 1, 1, what + " terminator")
+    def string(self, start: int, what: str) -> None:
+        """Check the string starting at ``start`` (its length field)."""
+        self.need(start, 4, 4, what + " length")
+        n = _U32.unpack_from(self.buf, start)[0]
+        first = start + 4
+        self.need(first, n + 1, 1, what + " terminator")
         if self.buf[first + n] != 0:
             raise _Invalid(f"{what} at byte {first} is not NUL-terminated")
 
+    def targets(self, at: int, what: str) -> list[int]:
+        """Check a vector of offsets (tables or strings); return its distinct targets.
+
+        A hostile model can point a million entries at one table: each target
+        is checked once, and the entries themselves with numpy, not one by one.
+        """
+        first, n = self.vector(at, 4, what)
+        offsets = np.frombuffer(self.buf, "<u4", n, first).astype(np.int64)
+        positions = first + 4 * np.arange(n, dtype=np.int64)
+        bad = (offsets == 0) | (offsets >= 2**31) | (positions + offsets >= self.size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _Invalid(f"{what}[{i}] at byte {int(positions[i])} has offset {int(offsets[i])}; "
+                           f"expected one that points inside the {self.size}-byte model")
+        return [int(t) for t in np.unique(positions + offsets)]
+
     def table(self, pos: int, name: str, depth: int) -> None:
-        self.tables += 1
-        if depth > _MAX_DEPTH or self.tables > _MAX_TABLES:
+        if (pos, name) in self.seen:  # verified already, through another reference
+            return
+        self.seen.add((pos, name))
+        if depth > _MAX_DEPTH or len(self.seen) > _MAX_TABLES:
             raise _Invalid(f"{name} at byte {pos}: nesting deeper than {_MAX_DEPTH} or more than "
                            f"{_MAX_TABLES} tables")
         self.need(pos, 4, 4, name)
@@ -78,7 +111,7 @@ class _Verifier:
             raise _Invalid(f"{name} at byte {pos}: vtable size {vsize}; expected an even size >= 4")
         self.need(vtable, vsize, 2, name + " vtable")
         buf = self.buf
-        present = {}
+        present: dict[int, tuple[int, tuple[Any, ...]]] = {}
         for field in TABLES[name]:
             slot = field[0]
             if slot >= vsize:
@@ -92,19 +125,17 @@ class _Verifier:
             if kind == "scalar":
                 self.need(at, detail, detail, what)
             elif kind == "string":
-                self.string(at, what)
+                self.string(self.offset(at, what), what)
             elif kind == "table":
                 self.table(self.offset(at, what), detail, depth + 1)
             elif kind == "scalars":
                 self.vector(at, detail, what)
             elif kind == "strings":
-                first, n = self.vector(at, 4, what)
-                for i in range(n):
-                    self.string(first + 4 * i, what)
+                for target in self.targets(at, what):
+                    self.string(target, what)
             elif kind == "tables":
-                first, n = self.vector(at, 4, what)
-                for i in range(n):
-                    self.table(self.offset(first + 4 * i, what), detail, depth + 1)
+                for target in self.targets(at, what):
+                    self.table(target, detail, depth + 1)
             else:  # union: its type lives in another slot
                 type_at = present.get(field[4])
                 member = UNIONS[detail].get(_U8.unpack_from(buf, type_at[0])[0]) if type_at else None
@@ -113,7 +144,7 @@ class _Verifier:
         if name == "Buffer":
             self.external_data(present)
 
-    def external_data(self, present: dict) -> None:
+    def external_data(self, present: dict[int, tuple[int, tuple[Any, ...]]]) -> None:
         # Models over 2 GB keep buffer contents after the flatbuffer, located by
         # offset/size (slots 6 and 8); the backend reads there unchecked.
         if 6 in present:
@@ -124,12 +155,16 @@ class _Verifier:
                                f"{self.size}-byte model")
 
 
-def verify_model(data: bytes) -> None:
-    """Check that ``data`` is a structurally valid TFLite flatbuffer.
+def verify_model(data: bytes) -> int:
+    """Check that ``data`` is a valid TFLite flatbuffer whose indices all name something.
+
+    Returns the number of distinct tables verified (each once, however many
+    references point at it: the verifier's work is bounded by the model's size).
 
     Raises:
         InvalidModelError: naming the first structure found outside the
-            buffer, misaligned, or malformed.
+            buffer, misaligned, or malformed, or the first index (tensor,
+            buffer, operator code, subgraph) that names nothing.
     """
     if len(data) > _MAX_BUFFER:
         raise InvalidModelError(f"model: expected at most {_MAX_BUFFER} bytes, got {len(data)}")
@@ -138,3 +173,8 @@ def verify_model(data: bytes) -> None:
         verifier.table(verifier.offset(0, "root table"), "Model", 0)
     except _Invalid as e:
         raise InvalidModelError(f"model is not a valid TFLite flatbuffer: {e}") from None
+    try:
+        check_references(data)
+    except BrokenReference as e:
+        raise InvalidModelError(f"model refers to something it does not have: {e}") from None
+    return len(verifier.seen)

@@ -29,7 +29,10 @@ class _Candidate:
 # The order "auto" tries them in.
 _CANDIDATES = (
     _Candidate("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime", False),
-    _Candidate("litert", "ai_edge_litert.interpreter", "ai-edge-litert", True),
+    # LiteRT verifies a flatbuffer's structure but not its meaning: an operator
+    # output index of -1 or a signature naming a missing subgraph crashes it
+    # (design.md, measured fact 8).  So it is isolated like the others.
+    _Candidate("litert", "ai_edge_litert.interpreter", "ai-edge-litert", False),
     # TensorFlow's interpreter shares tflite-runtime's model loading; treated as
     # non-verifying to be safe.
     _Candidate("tensorflow", "tensorflow.lite.python.interpreter", "tensorflow-cpu", False),

@@ -47,7 +47,7 @@ class TensorSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TensorSpec":
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
         """Raises: MisuseError: if a field is missing or of the wrong type."""
         try:
             return cls(str(d["name"]), str(d["dtype"]), tuple(int(x) for x in d["shape"]),
@@ -69,7 +69,7 @@ class Contract:
                 "outputs": [t.to_dict() for t in self.outputs]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Contract":
+    def from_dict(cls, d: dict[str, Any]) -> Contract:
         """Raises: MisuseError: if the dict is not a contract."""
         try:
             return cls(tuple(TensorSpec.from_dict(t) for t in d["inputs"]),

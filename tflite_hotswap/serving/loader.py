@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
 from .._slots import Bound
-from .backend import Backend
-from .contract import Contract, contract_of, signature_of
 from ..errors import InputError, InvalidModelError, MisuseError, UnsupportedModelError
 from ..safety.isolation import prove_loadable
 from ..safety.verify import verify_model
+from .backend import Backend, load_backend
+from .contract import Contract, contract_of, signature_of
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
-ShapeKey = tuple  # one shape tuple per input, in contract order
+ShapeKey = tuple[tuple[int, ...], ...]  # one shape tuple per input, in contract order
 
 # Every TFLite flatbuffer carries this file identifier at offset 4.
 _TFLITE_IDENTIFIER = b"TFL3"
@@ -37,9 +38,9 @@ class LoadedModel:
 
     data: bytes
     sha256: str
-    signature: Optional[str]
+    signature: str | None
     subgraph: int
-    signatures: dict
+    signatures: dict[str, dict[str, list[str]]]
     contract: Contract
     dynamic: bool
 
@@ -71,8 +72,8 @@ def read_model(model: ModelSource) -> bytes:
     return data
 
 
-def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: Optional[int],
-                  signature: Optional[str]) -> tuple[Any, LoadedModel]:
+def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: int | None,
+                  signature: str | None) -> tuple[Any, LoadedModel]:
     """Construct one interpreter for ``data`` and read its contract.
 
     Returns the interpreter (tensors not yet allocated, so it can serve as a
@@ -115,7 +116,7 @@ def check_servable(contract: Contract) -> None:
                     f"got rank {len(spec.shape)}")
 
 
-def load_proven(backend: Backend, data: bytes, num_threads: Optional[int], signature: Optional[str],
+def load_proven(backend: Backend, data: bytes, num_threads: int | None, signature: str | None,
                 isolate: bool) -> tuple[Any, LoadedModel, float]:
     """Prove ``data`` loadable in isolation when ``isolate``, then :func:`inspect_model` it here.
 
@@ -126,9 +127,35 @@ def load_proven(backend: Backend, data: bytes, num_threads: Optional[int], signa
         MisuseError: if ``signature`` does not exist or is ambiguous.
     """
     sha256 = hashlib.sha256(data).hexdigest()
-    probe_seconds = prove_loadable(backend.name, data, sha256, signature, num_threads) if isolate else 0.0
+    probe_seconds = (prove_loadable(PROBE_CHECK, backend.name, data, sha256, signature, num_threads)
+                     if isolate else 0.0)
     interpreter, model = inspect_model(backend, data, sha256, num_threads, signature)
     return interpreter, model, probe_seconds
+
+
+# What the isolation probe runs, named rather than imported: safety/ is a lower
+# layer than serving/ and must not import it.
+PROBE_CHECK = "tflite_hotswap.serving.loader:probe_check"
+
+
+def probe_check(backend_name: str) -> Callable[[bytes, str | None, int | None], None]:
+    """The isolation probe's check: load, bind and run a model exactly as the runtime does.
+
+    Called once in the prober process (so the backend is imported before it
+    forks); the returned function runs in each throwaway fork.
+
+    Raises:
+        BackendNotFoundError: if the backend is not installed.
+    """
+    backend = load_backend(backend_name)
+
+    def check(data: bytes, signature: str | None, num_threads: int | None) -> None:
+        interpreter, model = inspect_model(backend, data, "", num_threads, signature)
+        bound = make_bound(backend, model, num_threads, [None] * len(model.contract.inputs),
+                           interpreter=interpreter)
+        bound.warm_up()
+
+    return check
 
 
 def _has_dynamic_tensors(wrapper: Any, subgraph: int) -> bool:
@@ -156,10 +183,10 @@ def check_shape_key(model: LoadedModel, key: ShapeKey) -> None:
             raise InputError(f"input {spec.name!r}: expected shape {shown}, got {tuple(shape)}")
 
 
-def make_bound(backend: Backend, model: LoadedModel, num_threads: Optional[int],
-               kernels: Sequence[Any], key: Optional[ShapeKey] = None,
+def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
+               kernels: Sequence[Any], key: ShapeKey | None = None,
                interpreter: Any = None,
-               prepare: Optional[Callable[[Any, LoadedModel], None]] = None) -> Bound:
+               prepare: Callable[[Any, LoadedModel], None] | None = None) -> Bound:
     """Allocate an interpreter for input shapes ``key`` (None: the model's own) and bind it.
 
     ``prepare(interpreter, model)``, when given, runs after the allocation and

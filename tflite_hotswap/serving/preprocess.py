@@ -11,13 +11,14 @@ input, without temporaries.
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any
 
 import numpy as np
 
-from .contract import TensorSpec
 from ..errors import MisuseError
+from .contract import TensorSpec
 
 # Coefficients are repeated to a cycle of at least this many elements so the
 # kernel's inner loop is long enough to vectorise.
@@ -37,11 +38,11 @@ class Normalize:
     """
 
     scale: float = 1.0
-    mean: Union[float, Sequence[float]] = 0.0
-    std: Union[float, Sequence[float]] = 1.0
+    mean: float | Sequence[float] = 0.0
+    std: float | Sequence[float] = 1.0
 
 
-KernelSpec = tuple  # (a: array('f'), b: array('f'), lo, hi, nan_value)
+KernelSpec = tuple[Any, Any, float, float, float]  # (a: array('f'), b: array('f'), lo, hi, nan_value)
 
 
 def kernel_for(norm: Normalize, tensor: TensorSpec) -> KernelSpec:

@@ -9,18 +9,17 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from .. import _slots
 from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
+from ..errors import InputError, MisuseError, ModelUnavailableError, RuntimeBusyError, RuntimeClosedError
 from .backend import load_backend
 from .contract import Contract, TensorSpec, check_compatible
-from ..errors import (InputError, MisuseError, ModelUnavailableError, RuntimeBusyError,
-                      RuntimeClosedError)
-from .loader import LoadedModel, ModelSource, ShapeKey, check_shape_key, load_proven, make_bound, \
-    read_model
+from .loader import LoadedModel, ModelSource, ShapeKey, check_shape_key, load_proven, make_bound, read_model
 from .preprocess import Normalize, kernel_for
 
 POLICIES = ("availability", "resource")
@@ -55,8 +54,8 @@ class ModelInfo:
     version: str
     sha256: str
     size: int
-    signature: Optional[str]
-    signatures: dict
+    signature: str | None
+    signatures: dict[str, dict[str, list[str]]]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     backend: str
@@ -100,7 +99,7 @@ class VersionStats:
 @dataclass
 class _Serving:
     model: LoadedModel
-    kernels: list
+    kernels: list[Any]
     info: ModelInfo
 
 
@@ -149,12 +148,12 @@ class Runtime(SlotTable):
         InvalidModelError: if the model cannot be loaded and run.
     """
 
-    def __init__(self, model: ModelSource, *, signature: Optional[str] = None,
-                 backend: str = "auto", num_threads: Optional[int] = None, workers: int = 1,
+    def __init__(self, model: ModelSource, *, signature: str | None = None,
+                 backend: str = "auto", num_threads: int | None = None, workers: int = 1,
                  policy: str = "availability",
-                 preprocess: Union[Normalize, Mapping[str, Normalize], None] = None,
-                 wait_timeout: float = 10.0, isolate: Optional[bool] = None,
-                 version: Optional[str] = None, checkpoints: Any = None) -> None:
+                 preprocess: Normalize | Mapping[str, Normalize] | None = None,
+                 wait_timeout: float = 10.0, isolate: bool | None = None,
+                 version: str | None = None, checkpoints: Any = None) -> None:
         if not isinstance(workers, int) or not 1 <= workers <= 64:
             raise MisuseError(f"workers: expected an int from 1 to 64, got {workers!r}")
         if policy not in POLICIES:
@@ -177,7 +176,7 @@ class Runtime(SlotTable):
         self._checkpoints = checkpoints
         self._swap_lock = threading.Lock()
         self._stats: dict[str, LatencyStats] = {}
-        self._serving: Optional[_Serving] = None
+        self._serving: _Serving | None = None
         self._closed = False
         self._free = _FreeSlots(self._capacity())
         self._reclaimer = _Reclaimer(self, self._free)
@@ -221,7 +220,7 @@ class Runtime(SlotTable):
         """
         return {version: VersionStats(**s.snapshot()) for version, s in list(self._stats.items())}
 
-    def swap(self, model: ModelSource, *, version: Optional[str] = None,
+    def swap(self, model: ModelSource, *, version: str | None = None,
              allow_contract_change: bool = False) -> ModelInfo:
         """Replace the serving model; calls keep running throughout.
 
@@ -293,20 +292,21 @@ class Runtime(SlotTable):
                 logger.warning("close(): calls still running after %g s; their interpreters are "
                                "freed when they return", self.wait_timeout)
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed or self._serving is None else f"version={self._serving.info.version!r}"
+        serving = self._serving
+        state = "closed" if self._closed or serving is None else f"version={serving.info.version!r}"
         return f"<Runtime {state} backend={self._backend.name!r} workers={self._workers}>"
 
     # -------------------------------------------------------------- helpers
 
-    def _load_and_publish(self, data: bytes, version: Optional[str], allow_contract_change: bool,
-                          serving: Optional[_Serving], keys: list) -> ModelInfo:
+    def _load_and_publish(self, data: bytes, version: str | None, allow_contract_change: bool,
+                          serving: _Serving | None, keys: list[ShapeKey]) -> ModelInfo:
         """Prove, load, check, build and publish ``data``; the caller holds the swap lock."""
         started = time.perf_counter()
         interpreter, loaded, probe_seconds = load_proven(self._backend, data, self._num_threads,
@@ -328,7 +328,7 @@ class Runtime(SlotTable):
         self._serving = _Serving(loaded, kernels, info)
         return info
 
-    def _swap_in_place(self, data: bytes, version: Optional[str], allow_contract_change: bool,
+    def _swap_in_place(self, data: bytes, version: str | None, allow_contract_change: bool,
                        serving: _Serving) -> ModelInfo:
         """Resource policy: free the old model before the new one is even probed.
 
@@ -340,11 +340,15 @@ class Runtime(SlotTable):
         self.gap_stats = self._stats[serving.info.version]  # gap timeouts count against it
         old = self._unpublish(_slots.GAP)
         if old >= 0 and not self._reclaimer.drain(old, self.wait_timeout):
-            self._publish(old, self._slot_list()[old])  # still in use: it keeps serving
+            self._publish(old, self._take_slot(old))  # still in use: it keeps serving
             raise RuntimeBusyError(f"swap(): calls on the serving version were still running after "
                                    f"{self.wait_timeout:g} s; expected them to finish")
         if old >= 0:
-            self._reclaimer.retire(old)
+            # Freed here and now, before the new model is probed or loaded: the
+            # point of this policy is never to hold both.  Callers are waiting
+            # through the gap anyway; the swapping thread pays the destruction.
+            self._take_slot(old).release_all()
+            self._free.give(old)
         try:
             info = self._load_and_publish(data, version, allow_contract_change, serving, keys)
         except BaseException as failure:
@@ -364,15 +368,21 @@ class Runtime(SlotTable):
         logger.info("swapped in %s in place (resource policy)", info.version)
         return info
 
-    def _known_shapes(self) -> list:
+    def _known_shapes(self) -> list[ShapeKey]:
         """Every input shape the serving version's workers have allocated so far."""
         current = self._serving_slot()
-        keys: list = []
+        keys: list[ShapeKey] = []
         for worker in current.workers_list() if current is not None else []:
             keys += [k for k in worker.shape_keys() if k not in keys]
         return keys
 
-    def _serving_slot(self) -> Optional[Slot]:
+    def _take_slot(self, index: int) -> Slot:
+        slot = self._take(index)
+        if slot is None:
+            raise RuntimeError(f"internal error: slot {index} holds no version")
+        return slot
+
+    def _serving_slot(self) -> Slot | None:
         serving = self._serving
         for slot in self._slot_list():
             if slot is not None and serving is not None and slot.info is serving.info:
@@ -385,7 +395,7 @@ class Runtime(SlotTable):
         while len(self._stats) > STATS_KEPT:
             del self._stats[next(iter(self._stats))]
 
-    def _kernels(self, contract: Contract) -> list:
+    def _kernels(self, contract: Contract) -> list[Any]:
         pre = self._preprocess
         if pre is None:
             return [None] * len(contract.inputs)
@@ -398,7 +408,7 @@ class Runtime(SlotTable):
             contract.input(name)  # raises MisuseError for an unknown name
         return [kernel_for(pre[t.name], t) if t.name in pre else None for t in contract.inputs]
 
-    def _build_slot(self, model: LoadedModel, kernels: list, stats: LatencyStats, keys: list,
+    def _build_slot(self, model: LoadedModel, kernels: list[Any], stats: LatencyStats, keys: list[ShapeKey],
                     interpreter: Any) -> Slot:
         """Prepare a complete slot: every worker allocated for every known shape, warmed up."""
         # The factory holds no reference to the runtime: an unclosed runtime
@@ -467,7 +477,7 @@ class _Reclaimer:
     """
 
     def __init__(self, table: SlotTable, free: _FreeSlots) -> None:
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._table = weakref.ref(table)
         self._thread = threading.Thread(target=_reclaim, args=(self._table, self._queue, free),
                                         name="tflite-hotswap-reclaimer", daemon=True)
@@ -479,7 +489,7 @@ class _Reclaimer:
     def discard(self, bound: Bound) -> None:
         self._queue.put(("bound", bound))
 
-    def adopt(self, slots: list) -> None:
+    def adopt(self, slots: list[Slot | None]) -> None:
         """The runtime is gone: release whatever it still held, then stop."""
         self._queue.put(("adopt", [s for s in slots if s is not None]))
         self._queue.put(None)
@@ -505,7 +515,7 @@ class _Reclaimer:
         return not self._thread.is_alive()
 
 
-def _reclaim(table_ref: "weakref.ref[SlotTable]", jobs: "queue.SimpleQueue[Any]", free: _FreeSlots) -> None:
+def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], free: _FreeSlots) -> None:
     pending: list[int] = []
     stopping = False
     delay = 1e-5

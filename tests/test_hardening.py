@@ -1,0 +1,473 @@
+"""Regression tests of the hardening issue (#6), runtime side: each names its item.
+
+Every test here failed (crashed, hung, or got a wrong result) on commit a545f50.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+import weakref
+
+import numpy as np
+import pytest
+
+from conftest import model_bytes, model_path
+from tflite_hotswap import (InferenceError, InputError, MisuseError, Normalize, Runtime,
+                            RuntimeBusyError)
+from tflite_hotswap._buffers import affine_into, gather_into
+from tflite_hotswap.errors import ModelUnavailableError, UnsupportedModelError
+from tflite_hotswap.serving import runtime as runtime_module
+
+X16 = np.zeros((1, 16), np.float32)
+
+
+# ------------------------------------------------ 2, 5: unservable tensors
+
+
+@pytest.mark.parametrize("name, found", [("string_input", "got bytes"), ("rank17", "got rank 17")])
+def test_unservable_tensor_is_refused_before_binding(name, found):
+    with pytest.raises(UnsupportedModelError, match=found):
+        Runtime(model_path(name))
+    with Runtime(model_path("version_1")) as rt:
+        with pytest.raises(UnsupportedModelError, match=found):
+            rt.swap(model_path(name), allow_contract_change=True)
+        assert rt.run(X16)["tag"][0, 0] == 1.0
+
+
+# ------------------------------------------------ 3: one snapshot of the samples
+
+
+class _Growing(collections.UserList):
+    """A capture buffer another thread appends to: each len() sees one more sample."""
+
+    def __len__(self) -> int:
+        self.data.append(self.data[-1].copy())
+        return len(self.data)
+
+
+class _Shrinking(collections.UserList):
+    def __len__(self) -> int:
+        if len(self.data) > 1:
+            self.data.pop()
+        return len(self.data)
+
+
+@pytest.mark.parametrize("kind", [_Growing, _Shrinking])
+def test_run_batch_takes_one_snapshot(kind):
+    samples = kind([np.full(8, i, np.float32) for i in range(4)])
+    with Runtime(model_path("dynamic_batch")) as rt:
+        for _ in range(20):
+            out = rt.run_batch(samples)
+            rows = next(iter(out.values())) if isinstance(out, dict) else out
+            assert rows.shape[0] >= 1
+    dst = np.empty((3, 8), np.float32)
+    gather_into(_Shrinking([np.full(8, i, np.float32) for i in range(4)]), dst)
+
+
+def test_run_batch_with_a_list_growing_in_another_thread():
+    samples = [np.ones(8, np.float32)]
+    stop = threading.Event()
+
+    def capture() -> None:
+        while not stop.is_set():
+            samples.append(np.ones(8, np.float32))
+            if len(samples) > 64:
+                del samples[1:]
+
+    thread = threading.Thread(target=capture)
+    thread.start()
+    try:
+        with Runtime(model_path("dynamic_batch")) as rt:
+            for _ in range(300):
+                rt.run_batch(samples)
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ------------------------------------------------ 4, 9: dtypes the kernels do not know
+
+
+@pytest.mark.parametrize("dtype", [np.dtype("V0"), np.dtype([]), np.dtype(object)])
+def test_zero_itemsize_and_object_arrays_are_refused(dtype):
+    with Runtime(model_path("version_1")) as rt:
+        with pytest.raises(InputError):
+            rt.run(X16, out={"shifted": np.empty((1, 16), dtype), "tag": np.empty((1, 1), np.float32)})
+        with pytest.raises(InputError):
+            rt.run(np.empty((1, 16), dtype))
+    with pytest.raises(InputError):
+        affine_into(np.zeros(4, np.float32), np.empty(4, dtype))
+    with pytest.raises(InputError):
+        affine_into(np.empty(4, dtype), np.zeros(4, np.float32))
+    with pytest.raises(InputError):
+        gather_into([np.zeros(4, np.float32)], np.empty((1, 4), dtype))
+
+
+def test_complex_tensors_are_served_exactly():
+    z = (np.arange(4, dtype=np.float32) + 1j * np.arange(4, 8, dtype=np.float32)).astype(np.complex64)[None]
+    with Runtime(model_path("complex_io")) as rt:
+        out = rt.run(z)
+        np.testing.assert_array_equal(out["re"], z.real)
+        np.testing.assert_allclose(out["z2"], z * z, rtol=1e-6)
+        filled = {"re": np.empty((1, 4), np.float32), "z2": np.empty((1, 4), np.complex64)}
+        rt.run(z, out=filled)
+        np.testing.assert_array_equal(filled["re"], z.real)
+        with pytest.raises(InputError, match="expected dtype complex64, got complex128"):
+            rt.run(z.astype(np.complex128))
+
+
+# ------------------------------------------------ 7: unaligned 0-d input with a Normalize
+
+
+def test_unaligned_scalar_goes_through_the_affine_kernel():
+    raw = np.zeros(9, np.uint8)
+    src = np.frombuffer(raw.tobytes(), np.float32, count=1, offset=1).reshape(())
+    src_value = np.float32(src)
+    dst = np.empty((), np.float32)
+    affine_into(src, dst, a=[2.0], b=[1.0])
+    assert dst == src_value * 2 + 1
+    buf = bytearray(9)
+    buf[1:5] = np.float32(3.5).tobytes()
+    unaligned = np.frombuffer(bytes(buf), np.float32, count=1, offset=1).reshape(())
+    affine_into(unaligned, dst, a=[2.0], b=[1.0])
+    assert dst == 8.0
+
+
+# ------------------------------------------------ 8: failed invoke on a dynamic model
+
+
+def test_failed_invoke_on_a_dynamic_model_rebinds():
+    with Runtime(model_path("fill_dynamic")) as rt:
+        assert rt.run(np.array([2, 3], np.int32)).shape == (2, 3)
+        with pytest.raises(InferenceError):
+            rt.run(np.array([-5, 3], np.int32))
+        y = rt.run(np.array([40, 50], np.int32))
+        assert y.shape == (40, 50) and (y == 7.0).all()
+
+
+# ------------------------------------------------ 22: data-dependent outputs, odd inputs
+
+
+def test_data_dependent_outputs_may_be_empty():
+    with Runtime(model_path("where_dynamic")) as rt:
+        np.testing.assert_array_equal(rt.run(np.array([[1, -1, 2, -3]], np.float32)), [[0, 0], [0, 2]])
+        empty = rt.run(np.zeros((1, 4), np.float32))
+        assert empty.shape == (0, 2) and empty.dtype == np.int64
+    with Runtime(model_path("fill_dynamic")) as rt:
+        assert rt.run(np.array([0, 3], np.int32)).shape == (0, 3)
+        out = np.empty((0, 3), np.float32)
+        assert rt.run(np.array([0, 3], np.int32), out=out) is out
+
+
+def test_an_array_for_a_multi_input_model_is_an_input_error():
+    with Runtime(model_path("multi_io")) as rt:
+        with pytest.raises(InputError, match="expected a mapping"):
+            rt.run(np.zeros(2))
+
+
+def test_a_dimension_beyond_int32_is_an_input_error():
+    with Runtime(model_path("dynamic_batch")) as rt:
+        huge = np.broadcast_to(np.zeros(8, np.float32), (2**31, 8))
+        with pytest.raises(InputError, match="expected shape"):
+            rt.run(huge)
+
+
+# ------------------------------------------------ 10: waiters served in order
+
+
+def test_callers_beyond_workers_take_turns():
+    """Per thread, never pooled: with one worker two callers alternate."""
+    counts = [0, 0]
+    stop = threading.Event()
+    x = np.zeros((1, 16), np.float32)
+
+    with Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf")) as rt:
+        def caller(i: int) -> None:
+            while not stop.is_set():
+                rt.run(x)
+                counts[i] += 1
+                if counts[i] >= 2000:
+                    stop.set()
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert min(counts) >= 0.5 * max(counts), counts
+
+
+def test_readers_keep_running_while_a_thread_swaps_continuously():
+    """Per reader: progress during 200 back-to-back swaps, counted in calls per swap."""
+    data = model_bytes("tiny_f32")
+    with Runtime(data) as rt:
+        x = np.zeros(rt.info.inputs[0].shape, np.float32)
+        done = threading.Event()
+        counts = [0, 0]
+
+        def reader(i: int) -> None:
+            while not done.is_set():
+                rt.run(x)
+                counts[i] += 1
+
+        readers = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+        for t in readers:
+            t.start()
+        for _ in range(200):
+            rt.swap(data)
+        done.set()
+        for t in readers:
+            t.join()
+    assert min(counts) >= 20 * 200, counts  # a545f50: ~6 per swap per reader
+
+
+# ------------------------------------------------ 11: unbounded waits, Ctrl+C
+
+
+def test_wait_timeout_inf_is_no_limit():
+    with Runtime(model_path("version_1"), wait_timeout=float("inf")) as rt:
+        assert rt.run(X16)["tag"][0, 0] == 1.0
+    for bad in (float("nan"), 0, -1.0, "1"):
+        with pytest.raises(MisuseError, match="wait_timeout"):
+            Runtime(model_path("version_1"), wait_timeout=bad)
+
+
+_CHILD_PRELUDE = """
+import sys, threading, numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import model_path
+from tflite_hotswap import Runtime
+"""
+
+
+def _run_child(body: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    tests = pathlib.Path(__file__).parent
+    code = _CHILD_PRELUDE.format(tests=str(tests)) + textwrap.dedent(body)
+    # cwd: the tests folder, so the installed package is imported, not the source tree.
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=tests)
+
+
+def test_ctrl_c_reaches_a_caller_waiting_for_a_worker():
+    child = _run_child("""
+        import os, signal
+        held, release = threading.Event(), threading.Event()
+        class Blocking(dict):
+            def __getitem__(self, key):
+                held.set(); release.wait(); return super().__getitem__(key)
+        x = np.zeros((1, 16), np.float32)
+        rt = Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf"))
+        holder = threading.Thread(target=rt.run, args=(Blocking(x=x),)); holder.start()
+        held.wait()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            rt.run(x)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+        release.set(); holder.join()
+        print("after", rt.run(x)["tag"][0, 0])   # the worker was not lost
+        rt.close()
+    """)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["interrupted", "after", "1.0"]
+
+
+# ------------------------------------------------ 12: a call stuck in invoke
+
+
+def test_a_call_stuck_in_invoke_never_blocks_swap_or_close():
+    child = _run_child("""
+        import os
+        from tflite_hotswap import RuntimeBusyError
+        rt = Runtime(model_path("while_positive"), workers=1, wait_timeout=0.5, isolate=False)
+        stuck = threading.Thread(target=rt.run, args=(np.ones(1, np.float32),), daemon=True)
+        stuck.start()
+        try:
+            rt.run(np.ones(1, np.float32) * 0)   # the only worker is stuck: a bounded wait
+            print("ran")
+        except RuntimeBusyError:
+            print("busy")
+        for i in range(10):                      # the stuck slot is never reused, the rest are
+            rt.swap(model_path("while_positive"), version=f"v{i}")
+        print("zero", rt.run(np.zeros(1, np.float32))[0])
+        rt.close()                               # returns although a call is still running
+        print("closed")
+        os._exit(0)
+    """)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["busy", "zero", "0.0", "closed"]
+
+
+# ------------------------------------------------ 13: re-entrant close / resource swap
+
+
+def test_close_or_resource_swap_from_inside_a_call_is_refused():
+    class Calls(dict):
+        def __init__(self, action):
+            super().__init__(x=X16)
+            self.action = action
+
+        def __getitem__(self, key):
+            self.action()
+            return super().__getitem__(key)
+
+    with Runtime(model_path("version_1"), policy="resource") as rt:
+        with pytest.raises(MisuseError, match="close\\(\\): called from inside"):
+            rt.run(Calls(rt.close))
+        with pytest.raises(MisuseError, match="swap\\(\\): called from inside"):
+            rt.run(Calls(lambda: rt.swap(model_path("version_2"))))
+        assert rt.run(X16)["tag"][0, 0] == 1.0
+        with Runtime(model_path("version_2")) as other:   # another runtime may be closed
+            rt.run(Calls(other.close))
+
+
+# ------------------------------------------------ 14: resource policy
+
+
+def test_resource_policy_double_failure_is_a_defined_state(monkeypatch):
+    with Runtime(model_path("version_1"), policy="resource", wait_timeout=30) as rt:
+        real = runtime_module.make_bound
+
+        def broken(*args, **kwargs):
+            raise InferenceError("injected: no interpreter can be built")
+
+        monkeypatch.setattr(runtime_module, "make_bound", broken)
+        with pytest.raises(InferenceError, match="injected"):
+            rt.swap(model_path("version_2"))
+        with pytest.raises(ModelUnavailableError):
+            rt.run(X16)                                    # at once, not after wait_timeout
+        with pytest.raises(ModelUnavailableError):
+            rt.info
+        monkeypatch.setattr(runtime_module, "make_bound", real)
+        assert rt.swap(model_path("version_3")).version
+        assert rt.run(X16)["tag"][0, 0] == 3.0
+
+
+def test_resource_policy_frees_the_old_model_before_loading_the_new(monkeypatch):
+    with Runtime(model_path("version_1"), policy="resource") as rt:
+        held = []
+        real = runtime_module.load_proven
+
+        def spy(*args, **kwargs):
+            held.append(sum(s is not None for s in rt._slot_list()))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(runtime_module, "load_proven", spy)
+        rt.swap(model_path("version_2"))
+        assert held == [0]
+        assert rt.run(X16)["tag"][0, 0] == 2.0
+
+
+# ------------------------------------------------ 18: no allocation on the caller's thread
+
+
+def test_shapes_seen_while_serving_survive_a_swap(monkeypatch):
+    samples = [np.ones(8, np.float32)] * 3
+    with Runtime(model_path("dynamic_batch")) as rt:
+        rt.run_batch(samples)                    # a new shape, learned while serving
+        rt.swap(model_bytes("dynamic_batch"), version="again")
+        calls = []
+        real = runtime_module.make_bound
+        monkeypatch.setattr(runtime_module, "make_bound", lambda *a, **k: calls.append(a) or real(*a, **k))
+        rt.run_batch(samples)
+        assert calls == []
+
+
+def test_a_wrong_shape_builds_no_interpreter(monkeypatch):
+    with Runtime(model_path("version_1")) as rt:
+        built = []
+        backend = rt._backend
+        real = backend.interpreter_class
+        monkeypatch.setattr(type(backend), "interpreter",
+                            lambda self, *a, **k: built.append(a) or real(model_content=a[0]))
+        with pytest.raises(InputError):
+            rt.run(np.zeros((2, 16), np.float32))
+        assert built == []
+
+
+# ------------------------------------------------ 19, 20: no cycle, bounded history
+
+
+def test_an_unclosed_runtime_is_freed_without_the_cyclic_gc():
+    gc.collect()
+    gc.disable()
+    try:
+        rt = Runtime(model_path("version_1"))
+        rt.run(X16)
+        ref = weakref.ref(rt)
+        reclaimers = [t for t in threading.enumerate() if t.name == "tflite-hotswap-reclaimer"]
+        del rt
+        assert ref() is None
+    finally:
+        gc.enable()
+    for thread in reclaimers:
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_statistics_history_is_bounded():
+    with Runtime(model_path("version_1")) as rt:
+        for i in range(runtime_module.STATS_KEPT + 8):
+            rt.swap(model_bytes("version_1"), version=f"n{i}")
+            rt.run(X16)
+        stats = rt.stats()
+        assert len(stats) == runtime_module.STATS_KEPT
+        assert rt.info.version in stats and stats[rt.info.version].calls == 1
+
+
+def test_signature_defs_are_read_once_per_load(monkeypatch):
+    with Runtime(model_path("version_1"), isolate=False) as rt:
+        cls = rt._backend.interpreter_class
+        reads = []
+        real = cls._get_full_signature_list
+        monkeypatch.setattr(cls, "_get_full_signature_list", lambda self: reads.append(1) or real(self))
+        rt.swap(model_path("version_2"))
+        assert len(reads) == 1
+
+
+# ------------------------------------------------ 21: outcomes counted apart
+
+
+def test_caller_errors_and_model_errors_are_counted_apart():
+    with Runtime(model_path("fill_dynamic"), version="f") as rt:
+        rt.run(np.array([1, 1], np.int32))
+        with pytest.raises(InputError):
+            rt.run(np.zeros(3, np.int32))
+        with pytest.raises(InferenceError):
+            rt.run(np.array([-1, 2], np.int32))
+        s = rt.stats()["f"]
+    assert (s.calls, s.model_errors, s.caller_errors, s.timeouts) == (3, 1, 1, 0)
+    assert s.errors == 2
+
+
+def test_timeouts_are_counted_as_timeouts():
+    with Runtime(model_path("version_1"), workers=1, wait_timeout=0.05, version="t") as rt:
+        held, release = threading.Event(), threading.Event()
+
+        class Blocking(dict):
+            def __getitem__(self, key):
+                held.set()
+                release.wait()
+                return super().__getitem__(key)
+
+        holder = threading.Thread(target=rt.run, args=(Blocking(x=X16),))
+        holder.start()
+        held.wait()
+        with pytest.raises(RuntimeBusyError):
+            rt.run(X16)
+        release.set()
+        holder.join()
+        s = rt.stats()["t"]
+    assert (s.calls, s.timeouts, s.model_errors, s.caller_errors) == (2, 1, 0, 0)
+
+
+def test_normalize_still_applies_after_the_rework():
+    with Runtime(model_path("version_1"), preprocess=Normalize(scale=2.0)) as rt:
+        assert rt.run(np.ones((1, 16), np.uint8))["shifted"][0, 0] == 3.0
