@@ -1,4 +1,4 @@
-"""On-device training: Trainer, Checkpoints and the restore into every interpreter, on the backend under test."""
+"""On-device training: Trainer, Checkpoints and the restore into every interpreter (backend under test)."""
 
 from __future__ import annotations
 
@@ -131,7 +131,8 @@ def test_save_restore_round_trip_is_exact(tmp_path, data):
 
 
 def test_checkpoint_files_are_standard_safetensors(tmp_path):
-    safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="the safetensors package is not installed")
+    safetensors_numpy = pytest.importorskip("safetensors.numpy",
+                                            reason="the safetensors package is not installed")
     ckpts = Checkpoints(tmp_path)
     with Trainer(MLP, checkpoints=ckpts) as tr:
         tr.step(*blobs(16, seed=1))
@@ -144,7 +145,8 @@ def test_checkpoint_files_are_standard_safetensors(tmp_path):
         meta = f.metadata()
     assert meta["base_sha256"] == info.base_sha256 and json.loads(meta["metrics"]) == {"val_accuracy": 0.75}
     # And the other way: a file written by the safetensors package reads back here.
-    data = safetensors_numpy.save({"a": np.arange(6, dtype=np.int64).reshape(2, 3), "s": np.array(2.5, np.float32)},
+    data = safetensors_numpy.save({"a": np.arange(6, dtype=np.int64).reshape(2, 3),
+                                   "s": np.array(2.5, np.float32)},
                                   metadata={"k": "v"})
     tensors, metadata = _safetensors.loads(data)
     assert metadata == {"k": "v"} and tensors["a"].tolist() == [[0, 1, 2], [3, 4, 5]] and tensors["s"] == 2.5
@@ -163,7 +165,8 @@ def test_mismatched_checkpoint_is_refused_with_the_differences(tmp_path):
     with Trainer(MLP) as tr:
         bad = dict(weights, w1=weights["w1"].astype(np.float64))
         del bad["b1"]
-        with pytest.raises(CheckpointMismatchError, match=r"'b1': the model has it.*'w1': expected dtype float32"):
+        mismatch = r"'b1': the model has it.*'w1': expected dtype float32"
+        with pytest.raises(CheckpointMismatchError, match=mismatch):
             tr.set_weights(bad)
 
 
@@ -226,7 +229,8 @@ def test_flex_model_gives_the_typed_error_without_flex(backend_name, tmp_path):
 
 
 def test_flex_model_trains_on_the_tensorflow_backend():
-    pytest.importorskip("tensorflow", reason="TensorFlow is not installed: the Flex form needs backend='tensorflow'")
+    pytest.importorskip("tensorflow",
+                        reason="TensorFlow is not installed: the Flex form needs backend='tensorflow'")
     x, y = blobs(64, seed=1)
     with Trainer(model_path("trainable_flex"), backend="tensorflow") as tr:
         assert tr.form.kind == "flex" and tr.batch_size is None

@@ -59,7 +59,8 @@ def test_sigkill_during_save_leaves_latest_complete(tmp_path):
         assert latest is not None, f"trial {trial}: no checkpoint after the first save"
         tensors = ckpts.load(latest)
         n = latest.step
-        assert n in (target, target - 1), f"trial {trial}: latest is step {n}, expected {target - 1} or {target}"
+        assert n in (target, target - 1), \
+            f"trial {trial}: latest is step {n}, expected {target - 1} or {target}"
         assert np.all(tensors["w"] == n) and np.all(tensors["b"] == n) and tensors["w"].shape == (256, 1024)
         assert latest.metrics == {"val_accuracy": n / 1e6}
         outcomes["during" if n == target - 1 else "between"] += 1

@@ -1,4 +1,4 @@
-"""The training demo personalises the bundled classifier while serving, fails no call, and restores after a restart."""
+"""The training demo personalises the bundled classifier while serving, fails no call, restores on restart."""
 
 import re
 import subprocess
@@ -14,5 +14,6 @@ def test_training_demo_runs_clean(tmp_path):
     after = float(re.search(r"held-out accuracy after: ([0-9.]+)", out).group(1))
     assert after > before + 0.5
     assert "failed 0, mixed or unknown results 0" in out
-    assert re.search(r"restart: a new process restored checkpoint \d+; held-out accuracy " + f"{after:.3f}", out)
+    restored = r"restart: a new process restored checkpoint \d+; held-out accuracy "
+    assert re.search(restored + f"{after:.3f}", out)
     assert "result: OK" in out

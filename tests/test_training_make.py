@@ -69,7 +69,8 @@ def test_module_becomes_a_builtin_trainable_model(tmp_path, optimizer, momentum)
 def test_keras_model_is_rebuilt_with_its_weights():
     import tensorflow as tf
     keras_model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(8, activation="relu"),
-                                       tf.keras.layers.Dropout(0.1), tf.keras.layers.Dense(3, activation="softmax")])
+                                       tf.keras.layers.Dropout(0.1),
+                                       tf.keras.layers.Dense(3, activation="softmax")])
     data = make_trainable(keras_model, input_shape=(4,), batch_size=8)
     x, _ = blobs(10, seed=2)
     with Trainer(data, backend="tensorflow") as tr:

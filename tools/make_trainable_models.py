@@ -43,7 +43,8 @@ class MLP(tf.Module):
         rng = np.random.default_rng(seed)
         self.w1 = tf.Variable(rng.normal(0, 1 / np.sqrt(n_in), (n_in, hidden)).astype(np.float32), name="w1")
         self.b1 = tf.Variable(np.zeros(hidden, np.float32), name="b1")
-        self.w2 = tf.Variable(rng.normal(0, 1 / np.sqrt(hidden), (hidden, n_out)).astype(np.float32), name="w2")
+        w2 = rng.normal(0, 1 / np.sqrt(hidden), (hidden, n_out)).astype(np.float32)
+        self.w2 = tf.Variable(w2, name="w2")
         self.b2 = tf.Variable(np.zeros(n_out, np.float32), name="b2")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
@@ -89,7 +90,8 @@ class GuideModel(tf.Module):
     def restore(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
         restored = {}
         for v in (self.w1, self.b1, self.w2, self.b2):
-            value = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=v.name, dt=v.dtype, name="restore")
+            value = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=v.name, dt=v.dtype,
+                                       name="restore")
             v.assign(value)
             restored[v.name.split(":")[0]] = value
         return restored
@@ -124,16 +126,14 @@ def demo_classifier() -> bytes:
 
 def main() -> None:
     TESTS.mkdir(parents=True, exist_ok=True)
+    def mlp(hidden: int, seed: int) -> bytes:
+        return make_trainable(MLP(8, hidden, 3, seed=seed), "sparse_categorical_crossentropy", "adam",
+                              input_shape=(8,), batch_size=16, learning_rate=0.01)
+
     outputs = {
-        TESTS / "trainable_mlp.tflite": make_trainable(MLP(8, 16, 3, seed=0), "sparse_categorical_crossentropy",
-                                                       "adam", input_shape=(8,), batch_size=16,
-                                                       learning_rate=0.01),
-        TESTS / "trainable_mlp_b.tflite": make_trainable(MLP(8, 16, 3, seed=1), "sparse_categorical_crossentropy",
-                                                         "adam", input_shape=(8,), batch_size=16,
-                                                         learning_rate=0.01),
-        TESTS / "trainable_wide.tflite": make_trainable(MLP(8, 32, 3, seed=0), "sparse_categorical_crossentropy",
-                                                        "adam", input_shape=(8,), batch_size=16,
-                                                        learning_rate=0.01),
+        TESTS / "trainable_mlp.tflite": mlp(16, seed=0),
+        TESTS / "trainable_mlp_b.tflite": mlp(16, seed=1),
+        TESTS / "trainable_wide.tflite": mlp(32, seed=0),
         TESTS / "trainable_flex.tflite": guide_flex_model(),
         DEMO / "trainable_classifier.tflite": demo_classifier(),
     }

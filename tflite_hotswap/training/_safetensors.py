@@ -51,9 +51,11 @@ def dumps(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         array = np.asarray(tensors[name])
         dtype = _FROM_NUMPY.get(array.dtype.name)
         if dtype is None:
-            raise CheckpointError(f"tensor {name!r}: expected one of {sorted(_FROM_NUMPY)}, got {array.dtype}")
+            raise CheckpointError(f"tensor {name!r}: expected one of {sorted(_FROM_NUMPY)}, "
+                                  f"got {array.dtype}")
         raw = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C").tobytes()
-        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {"dtype": dtype, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -68,7 +70,8 @@ def loads(data: bytes, what: str = "checkpoint") -> tuple[dict[str, np.ndarray],
         CheckpointError: if ``data`` is not a well-formed safetensors file.
     """
     if len(data) < 8:
-        raise CheckpointError(f"{what}: expected a safetensors file (8-byte header length), got {len(data)} bytes")
+        raise CheckpointError(f"{what}: expected a safetensors file (8-byte header length), "
+                              f"got {len(data)} bytes")
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER or 8 + n > len(data):
         raise CheckpointError(f"{what}: header length {n} does not fit the file's {len(data)} bytes")
@@ -95,7 +98,8 @@ def loads(data: bytes, what: str = "checkpoint") -> tuple[dict[str, np.ndarray],
         if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(body) or end - begin != expected:
             raise CheckpointError(f"{what}: tensor {name!r}: expected {expected} bytes for shape {shape} "
                                   f"inside the {len(body)}-byte buffer, got offsets [{begin}, {end}]")
-        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        array = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape)
+        tensors[name] = array.astype(dtype.newbyteorder("="))  # a native-order copy
     return tensors, {str(k): v for k, v in metadata.items()}
 
 

@@ -130,7 +130,8 @@ class Checkpoints:
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
-            raise CheckpointError(f"checkpoints: expected a writable folder at {self.directory!r} ({e})") from e
+            raise CheckpointError(f"checkpoints: expected a writable folder at {self.directory!r} "
+                                  f"({e})") from e
         self._remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -334,7 +335,10 @@ class Checkpoints:
         raise AssertionError("unreachable")
 
     def served(self, base_sha256: str) -> str | None:
-        """The checkpoint id last restored into a runtime's interpreters for this base (None: base weights)."""
+        """The checkpoint id last restored into a runtime's interpreters for this base.
+
+        None: none was (base weights), or no runtime has loaded this base.
+        """
         return self._served.get(base_sha256)
 
     def restorer(self, model: Any) -> Callable[[Any, Any], None]:
@@ -458,8 +462,10 @@ class Checkpoints:
 
 def variable_differences(have: VariableSpecs, want: VariableSpecs) -> list[str]:
     """Every way a checkpoint's variables (``have``) differ from a model's (``want``)."""
-    found = [f"variable {n!r}: the model has it, the checkpoint does not" for n in sorted(want.keys() - have.keys())]
-    found += [f"variable {n!r}: in the checkpoint, the model has none" for n in sorted(have.keys() - want.keys())]
+    found = [f"variable {n!r}: the model has it, the checkpoint does not"
+             for n in sorted(want.keys() - have.keys())]
+    found += [f"variable {n!r}: in the checkpoint, the model has none"
+              for n in sorted(have.keys() - want.keys())]
     for n in sorted(have.keys() & want.keys()):
         (hd, hs), (wd, ws) = have[n], want[n]
         if hd != wd:
@@ -479,7 +485,8 @@ def check_variables(info: CheckpointInfo, variables: VariableSpecs) -> None:
 
 
 def _best(infos: list[CheckpointInfo], metric: str | None, mode: str) -> CheckpointInfo | None:
-    scored = [i for i in infos if metric is not None and metric in i.metrics and not math.isnan(i.metrics[metric])]
+    scored = [i for i in infos
+              if metric is not None and metric in i.metrics and not math.isnan(i.metrics[metric])]
     if not scored:
         return None
     sign = 1.0 if mode == "max" else -1.0

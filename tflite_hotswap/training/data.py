@@ -36,7 +36,8 @@ def one_hot(labels: Any, num_classes: int, dtype: Any = np.float32) -> np.ndarra
     if labels.dtype.kind not in "iu":
         raise InputError(f"labels: expected integers, got {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"labels: expected values in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+        raise InputError(f"labels: expected values in [0, {num_classes}), "
+                         f"got [{labels.min()}, {labels.max()}]")
     out = np.zeros((*labels.shape, num_classes), dtype=dtype)
     np.put_along_axis(out, labels[..., None].astype(np.intp), 1, axis=-1)
     return out
@@ -74,7 +75,8 @@ def batches(arrays: Sequence[np.ndarray], batch_size: int, *, shuffle: bool = Tr
     arrays = [np.asarray(a) for a in arrays]
     n = len(arrays[0]) if arrays else 0
     if not arrays or n == 0 or any(len(a) != n for a in arrays):
-        raise InputError(f"arrays: expected non-empty arrays of one length, got lengths {[len(a) for a in arrays]}")
+        raise InputError(f"arrays: expected non-empty arrays of one length, "
+                         f"got lengths {[len(a) for a in arrays]}")
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     if n < batch_size:
         order = np.resize(order, batch_size)

@@ -147,7 +147,8 @@ class SignatureCall:
         try:
             if resize:
                 for n, i in self.inputs.items():
-                    wrapper.ResizeInputTensor(i, np.array(np.shape(inputs[n]), np.int32), False, self.subgraph)
+                    shape = np.array(np.shape(inputs[n]), np.int32)
+                    wrapper.ResizeInputTensor(i, shape, False, self.subgraph)
             wrapper.AllocateTensors(self.subgraph)  # a no-op once allocated
         except (RuntimeError, ValueError) as e:
             raise InferenceError(f"{self.name}: the backend could not allocate it: {e}") from e

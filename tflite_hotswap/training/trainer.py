@@ -45,7 +45,7 @@ Weights = dict[str, np.ndarray]
 Callback = Union[Callable[[int, dict[str, float]], Any], Any]
 Preprocess = Union[Normalize, Mapping[str, Normalize], None]
 EVAL_CHUNK = 256
-_CLOSED: int = _slots.CLOSED  # type: ignore[attr-defined]  # (not in the stub)
+_CLOSED: int = _slots.CLOSED
 
 
 @dataclass
@@ -230,8 +230,9 @@ class Trainer:
                         raise
                     raise FlexOpsRequiredError(
                         f"step: the {self._backend.name} backend here has no Flex delegate linked "
-                        f"(TensorFlow 2.21's tf.lite.Interpreter has none), so the ops {list(self.form.flex_ops)} "
-                        "cannot run; expected a builtin-only model from make_trainable", list(self.form.flex_ops)) from e
+                        f"(TensorFlow 2.21's tf.lite.Interpreter has none), so the ops "
+                        f"{list(self.form.flex_ops)} cannot run; expected a builtin-only model from "
+                        "make_trainable", list(self.form.flex_ops)) from e
             self.steps += 1
         loss: Any = out if self._single else out[self._loss_name]
         return float(loss)
@@ -498,7 +499,7 @@ class Trainer:
             if self._closed:
                 return
             self._closed = True
-            old = self._table._unpublish(_CLOSED)  # type: ignore[arg-type]  # the stub says bool; it takes a state
+            old = self._table._unpublish(_CLOSED)
             slot = self._table._take(old) if old >= 0 else None
             if slot is not None:
                 slot.release_all()
@@ -536,7 +537,8 @@ class Trainer:
         have = {k: (np.asarray(v).dtype.name, tuple(np.shape(v))) for k, v in weights.items()}
         found = variable_differences(have, self.variables)
         if found:
-            raise CheckpointMismatchError("weights do not fit the model's variables: " + "; ".join(found), found)
+            raise CheckpointMismatchError("weights do not fit the model's variables: " + "; ".join(found),
+                                          found)
 
     def _eval_interpreter(self) -> tuple[Any, SignatureCall, SignatureCall]:
         if self._eval is None:
