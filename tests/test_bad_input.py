@@ -8,6 +8,7 @@ import pytest
 
 from conftest import model_bytes, model_path
 from tflite_hotswap.safety import isolation
+from tflite_hotswap.serving.loader import PROBE_CHECK
 from tflite_hotswap import (HotswapError, InputError, InvalidModelError, MisuseError, Normalize,
                             Runtime, RuntimeClosedError)
 
@@ -163,18 +164,16 @@ def test_isolated_probe_contains_a_backend_crash(backend_name, monkeypatch):
 
     The model's root offset points 1 GiB past its end (the verifier, which
     would refuse it, is bypassed): tflite-runtime reads there and segfaults;
-    LiteRT refuses it with an exception, which the probe treats as safe (the
-    same load raises here too).
+    LiteRT refuses it with an exception.  Either way it is refused without
+    being loaded here, and the verdict is cached.
     """
     far = bytearray(model_bytes("version_1"))
     far[0:4] = struct.pack("<I", 1 << 30)
-    children = []
-    real_run_child = isolation._run_child
-    monkeypatch.setattr(isolation, "_run_child", lambda *a: children.append(a) or real_run_child(*a))
+    asked = []
+    real_ask = isolation._ask
+    monkeypatch.setattr(isolation, "_ask", lambda *a, **k: asked.append(a) or real_ask(*a, **k))
+    expected = r"tflite-runtime crashed \(SIGSEGV\)" if backend_name == "tflite-runtime" else ""
     for _ in range(2):  # the second answer comes from the sha256 cache
-        if backend_name == "tflite-runtime":
-            with pytest.raises(InvalidModelError, match=r"tflite-runtime crashed \(SIGSEGV\)"):
-                isolation.prove_loadable(backend_name, bytes(far), "far-offset-test", None)
-        else:
-            isolation.prove_loadable(backend_name, bytes(far), "far-offset-test", None)
-    assert len(children) == 1
+        with pytest.raises(InvalidModelError, match=expected):
+            isolation.prove_loadable(PROBE_CHECK, backend_name, bytes(far), "far-offset-test", None)
+    assert len(asked) == 1

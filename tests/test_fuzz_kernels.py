@@ -114,8 +114,9 @@ def _check_gather(samples: Any, items: list, dst_dtype: np.dtype, rows: int, gua
         if coef is None:
             expected = b"".join(parts)  # type: ignore[arg-type]
         else:  # the coefficient cycle runs on across samples, as if stacked first
+            # No rows: no sample's dtype matters, nothing is written.
             stacked = np.stack([np.ascontiguousarray(x) for x in items[:rows]]) if rows else \
-                np.empty((0,) + row_shape, items[0].dtype if items else np.float32)
+                np.empty((0,) + row_shape, np.float32)
             expected = expected_into(stacked, dst_dtype, coef)
     count = int(np.prod(dst_shape))
     fill = inverted(expected) if expected is not None else bytes(count * dst_dtype.itemsize)
@@ -124,7 +125,7 @@ def _check_gather(samples: Any, items: list, dst_dtype: np.dtype, rows: int, gua
     if guard is None and dst.nbytes and not dst_dtype.hasobject:
         dst.reshape(-1).view(np.uint8)[:] = np.frombuffer(fill, np.uint8)
     plain_list = type(samples) is list
-    must_work = (plain_list and expected is not None and len(samples) == rows
+    must_work = (plain_list and expected is not None and len(samples) == rows and dst_dtype in NATIVE
                  and all(x.ndim <= 15 and x.dtype in NATIVE for x in items[:rows]))
     ok, result = _call_typed(gather_into, samples, dst, *_args(coef))
     if guard is not None:

@@ -1,6 +1,7 @@
 """Regression tests of the hardening issue (#6), runtime side: each names its item.
 
-Every test here failed (crashed, hung, or got a wrong result) on commit a545f50.
+Each test failed (crashed, hung, or got a wrong result) on commit a545f50,
+except where its docstring says what it guards instead.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import model_bytes, model_path
-from tflite_hotswap import (InferenceError, InputError, MisuseError, Normalize, Runtime,
-                            RuntimeBusyError)
+from tflite_hotswap import (IncompatibleModelError, InferenceError, InputError, MisuseError, Normalize,
+                            Runtime, RuntimeBusyError)
 from tflite_hotswap._buffers import affine_into, gather_into
 from tflite_hotswap.errors import ModelUnavailableError, UnsupportedModelError
 from tflite_hotswap.serving import runtime as runtime_module
@@ -70,6 +71,41 @@ def test_run_batch_takes_one_snapshot(kind):
     gather_into(_Shrinking([np.full(8, i, np.float32) for i in range(4)]), dst)
 
 
+def test_growing_batch_never_writes_past_the_tensor():
+    """Each second len() adds 20,000 samples: sized from one, written from the other (a545f50: SIGSEGV)."""
+    child = _run_child("""
+        import collections
+        class Bursty(collections.UserList):
+            calls = 0
+            def __len__(self):
+                Bursty.calls += 1
+                if Bursty.calls % 2 == 0:
+                    self.data.extend([self.data[0]] * 20000)
+                return len(self.data)
+        rt = Runtime(model_path("dynamic_batch"))
+        for _ in range(3):
+            samples = Bursty([np.ones(8, np.float32)] * 2)
+            out = rt.run_batch(samples)
+            rows = next(iter(out.values())) if isinstance(out, dict) else out
+            print(rows.shape[0] in (2, 20002))
+        rt.close()
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["True"] * 3
+
+
+def test_shrinking_batch_rows_match_the_snapshot():
+    rows = [np.full(8, i, np.float32) for i in range(5)]
+    with Runtime(model_path("dynamic_batch")) as rt:
+        reference = rt.run_batch(list(rows))
+        samples = _Shrinking(list(rows))
+        out = rt.run_batch(samples)
+    ref = next(iter(reference.values())) if isinstance(reference, dict) else reference
+    got = next(iter(out.values())) if isinstance(out, dict) else out
+    n = got.shape[0]
+    np.testing.assert_array_equal(got, ref[:n])  # the rows of the snapshot, none stale
+
+
 def test_run_batch_with_a_list_growing_in_another_thread():
     samples = [np.ones(8, np.float32)]
     stop = threading.Event()
@@ -109,6 +145,13 @@ def test_zero_itemsize_and_object_arrays_are_refused(dtype):
         gather_into([np.zeros(4, np.float32)], np.empty((1, 4), dtype))
 
 
+def test_object_array_on_a_complex_model_is_refused():
+    """An array the kernels do not know meets a tensor they did not know (a545f50: accepted, zeros)."""
+    with Runtime(model_path("complex_io")) as rt:
+        with pytest.raises(InputError, match="expected dtype complex64"):
+            rt.run(np.empty((1, 4), object))
+
+
 def test_complex_tensors_are_served_exactly():
     z = (np.arange(4, dtype=np.float32) + 1j * np.arange(4, 8, dtype=np.float32)).astype(np.complex64)[None]
     with Runtime(model_path("complex_io")) as rt:
@@ -126,6 +169,7 @@ def test_complex_tensors_are_served_exactly():
 
 
 def test_unaligned_scalar_goes_through_the_affine_kernel():
+    """Values are right on x86 either way: the UBSan run (tools/sanitize.sh) and ARM catch the load."""
     raw = np.zeros(9, np.uint8)
     src = np.frombuffer(raw.tobytes(), np.float32, count=1, offset=1).reshape(())
     src_value = np.float32(src)
@@ -182,17 +226,19 @@ def test_a_dimension_beyond_int32_is_an_input_error():
 
 
 def test_callers_beyond_workers_take_turns():
-    """Per thread, never pooled: with one worker two callers alternate."""
+    """Per thread, never pooled: with one worker two callers share it (a545f50: 176 to 1)."""
     counts = [0, 0]
     stop = threading.Event()
+    start = threading.Barrier(2)
     x = np.zeros((1, 16), np.float32)
 
     with Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf")) as rt:
         def caller(i: int) -> None:
+            start.wait()
             while not stop.is_set():
                 rt.run(x)
                 counts[i] += 1
-                if counts[i] >= 2000:
+                if counts[i] >= 20000:
                     stop.set()
 
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
@@ -200,7 +246,8 @@ def test_callers_beyond_workers_take_turns():
             t.start()
         for t in threads:
             t.join()
-    assert min(counts) >= 0.5 * max(counts), counts
+    # A FIFO hand-over alternates; the margin is for the OS descheduling a thread.
+    assert min(counts) >= 0.25 * max(counts), counts
 
 
 def test_readers_keep_running_while_a_thread_swaps_continuously():
@@ -231,8 +278,19 @@ def test_readers_keep_running_while_a_thread_swaps_continuously():
 
 
 def test_wait_timeout_inf_is_no_limit():
-    with Runtime(model_path("version_1"), wait_timeout=float("inf")) as rt:
+    with Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf")) as rt:
         assert rt.run(X16)["tag"][0, 0] == 1.0
+        holding = _Holding(x=X16)
+        holder = threading.Thread(target=rt.run, args=(holding,))
+        holder.start()
+        holding.held.wait()
+        waited = []
+        waiter = threading.Thread(target=lambda: waited.append(rt.run(X16)))
+        waiter.start()            # a545f50: RuntimeBusyError at once ("busy for inf s")
+        holding.release.set()
+        holder.join()
+        waiter.join()
+        assert waited[0]["tag"][0, 0] == 1.0
     for bad in (float("nan"), 0, -1.0, "1"):
         with pytest.raises(MisuseError, match="wait_timeout"):
             Runtime(model_path("version_1"), wait_timeout=bad)
@@ -254,7 +312,8 @@ def _run_child(body: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=tests)
 
 
-def test_ctrl_c_reaches_a_caller_waiting_for_a_worker():
+@pytest.mark.parametrize("wait_timeout", ["float('inf')", "60.0"])
+def test_ctrl_c_reaches_a_caller_waiting_for_a_worker(wait_timeout):
     child = _run_child("""
         import os, signal
         held, release = threading.Event(), threading.Event()
@@ -262,7 +321,7 @@ def test_ctrl_c_reaches_a_caller_waiting_for_a_worker():
             def __getitem__(self, key):
                 held.set(); release.wait(); return super().__getitem__(key)
         x = np.zeros((1, 16), np.float32)
-        rt = Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf"))
+        rt = Runtime(model_path("version_1"), workers=1, wait_timeout=WAIT_TIMEOUT)
         holder = threading.Thread(target=rt.run, args=(Blocking(x=x),)); holder.start()
         held.wait()
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
@@ -274,7 +333,7 @@ def test_ctrl_c_reaches_a_caller_waiting_for_a_worker():
         release.set(); holder.join()
         print("after", rt.run(x)["tag"][0, 0])   # the worker was not lost
         rt.close()
-    """)
+    """.replace("WAIT_TIMEOUT", wait_timeout))
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["interrupted", "after", "1.0"]
 
@@ -471,3 +530,140 @@ def test_timeouts_are_counted_as_timeouts():
 def test_normalize_still_applies_after_the_rework():
     with Runtime(model_path("version_1"), preprocess=Normalize(scale=2.0)) as rt:
         assert rt.run(np.ones((1, 16), np.uint8))["shifted"][0, 0] == 3.0
+
+
+class _Holding(dict):
+    """Inputs whose lookup blocks: the call holds its worker until ``release`` is set."""
+
+    def __init__(self, **inputs):
+        super().__init__(**inputs)
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __getitem__(self, key):
+        self.held.set()
+        self.release.wait()
+        return super().__getitem__(key)
+
+
+# ------------------------------------------------ 13: signal handler during swap()
+
+
+def test_close_from_a_signal_handler_during_swap_is_refused():
+    """A handler calling close() while its thread is inside swap() (review: hung for good)."""
+    child = _run_child("""
+        import os, signal
+        from tflite_hotswap import MisuseError
+        from tflite_hotswap.serving import runtime as runtime_module
+        rt = Runtime(model_path("version_1"))
+        outcome = []
+        def handler(signum, frame):
+            try:
+                rt.close()
+                outcome.append("closed")
+            except MisuseError as e:
+                outcome.append("refused")
+        signal.signal(signal.SIGUSR1, handler)
+        real = runtime_module.read_model
+        def read_and_signal(model):
+            os.kill(os.getpid(), signal.SIGUSR1)   # delivered inside swap(), lock held
+            return real(model)
+        runtime_module.read_model = read_and_signal
+        rt.swap(model_path("version_2"))
+        runtime_module.read_model = real
+        print(outcome[0], rt.run(np.zeros((1, 16), np.float32))["tag"][0, 0])
+        rt.close()
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["refused", "2.0"]
+
+
+# ------------------------------------------------ 6: fork (runtime side)
+
+
+def test_a_forked_child_gets_a_working_runtime():
+    """Forked while another thread held the only worker: the child calls, swaps, closes."""
+    child = _run_child("""
+        import os
+        class Holding(dict):
+            def __init__(self, **kw):
+                super().__init__(**kw); self.held, self.release = threading.Event(), threading.Event()
+            def __getitem__(self, key):
+                self.held.set(); self.release.wait(); return super().__getitem__(key)
+        x = np.zeros((1, 16), np.float32)
+        rt = Runtime(model_path("version_1"), workers=1, wait_timeout=5)
+        holding = Holding(x=x)
+        holder = threading.Thread(target=rt.run, args=(holding,)); holder.start()
+        holding.held.wait()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                tags = [rt.run(x)["tag"][0, 0]]                     # the worker is free here
+                for i in range(12):                                  # more swaps than slots
+                    rt.swap(model_path("version_2" if i % 2 else "version_3"), version=f"c{i}")
+                tags.append(rt.run(x)["tag"][0, 0])
+                rt.close()
+                print("child", *tags, flush=True)
+                os._exit(0)
+            except BaseException as e:
+                print("child failed", type(e).__name__, e, flush=True)
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        holding.release.set(); holder.join()
+        print("parent", os.waitstatus_to_exitcode(status), rt.run(x)["tag"][0, 0])
+        rt.close()
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["child", "1.0", "2.0", "parent", "0", "1.0"], child.stdout
+
+
+# ------------------------------------------------ 14: contract after a failed resource swap
+
+
+def test_contract_is_checked_after_a_failed_resource_swap(monkeypatch):
+    with Runtime(model_path("version_1"), policy="resource", wait_timeout=30) as rt:
+        real = runtime_module.make_bound
+
+        def broken(*args, **kwargs):
+            raise InferenceError("injected")
+
+        monkeypatch.setattr(runtime_module, "make_bound", broken)
+        with pytest.raises(InferenceError):
+            rt.swap(model_path("version_2"))
+        monkeypatch.setattr(runtime_module, "make_bound", real)
+        assert "failed" in repr(rt)
+        with pytest.raises(IncompatibleModelError):
+            rt.swap(model_path("multi_io"))
+        rt.swap(model_path("version_2"))
+        assert rt.run(X16)["tag"][0, 0] == 2.0
+
+
+# ------------------------------------------------ issue 9: the native path
+
+
+def test_native_path_where_the_backend_exports_it(backend_name):
+    with Runtime(model_path("version_1")) as rt:
+        expected = "native" if backend_name == "tflite-runtime" else "python"
+        assert rt.info.path == expected
+        assert rt.run(X16)["tag"][0, 0] == 1.0
+
+
+def test_native_path_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("TFLITE_HOTSWAP_NATIVE", "0")
+    with Runtime(model_path("version_1")) as rt:
+        assert rt.info.path == "python"
+        assert rt.run(X16)["tag"][0, 0] == 1.0
+
+
+@pytest.mark.parametrize("name", ["multi_io", "dynamic_batch", "quant_int8", "image_small_f32"])
+def test_native_and_python_paths_give_identical_outputs(name, monkeypatch):
+    rng = np.random.default_rng(7)
+    with Runtime(model_path(name)) as native_rt:
+        inputs = {t.name: (rng.standard_normal([d if d > 0 else 2 for d in t.shape]) * 3).astype(t.dtype)
+                  for t in native_rt.info.inputs}
+        arg = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+        a = native_rt.run(arg)
+    monkeypatch.setenv("TFLITE_HOTSWAP_NATIVE", "0")
+    with Runtime(model_path(name)) as python_rt:
+        b = python_rt.run(arg)
+    for key in (a if isinstance(a, dict) else {"": a}):
+        np.testing.assert_array_equal(a[key] if key else a, b[key] if key else b)

@@ -36,8 +36,12 @@ def _progress_bar(label: str) -> Callable[[int, int], None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+    from .updater import cli as updater_cli
     parser = argparse.ArgumentParser(prog="tflite-hotswap", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tflite-hotswap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    updater_cli.add_commands(sub)
 
     p = sub.add_parser("publish", help="add a model version to a repository folder")
     p.add_argument("repo")
@@ -80,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             print(show(manifest))
         elif args.command == "repo":
             from .delivery.repository import load_manifest, show
-            print(show(load_manifest(args.repo, required=True)))
+            from .delivery.rollouts import fleet_table
+            manifest = load_manifest(args.repo, required=True)
+            print(show(manifest))
+            print(fleet_table(manifest))
         elif args.command in ("make-trainable", "train"):
             return training_cli.run(args)
         elif args.command == "fetch":
@@ -98,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             version = manifest.version(args.model, vid)
             path = store.fetch(source, args.model, version, progress=_progress_bar(f"{args.model} {vid}"))
             print(f"{args.model} {vid}: {path} (sha256 {version.sha256[:12]}..., {version.size} bytes)")
+        elif args.command in updater_cli.COMMANDS:
+            return updater_cli.run(args)
         else:
             from .demo.__main__ import main as demo
             return demo([])

@@ -230,3 +230,32 @@ class ValidationFailedError(TrainingError):
         self.metric = metric
         self.candidate = candidate
         self.serving = serving
+
+
+# -------------------------------------------------------------------- updater
+
+
+class UpdaterError(HotswapError):
+    """Base class of errors raised by the updater (``tflite_hotswap.updater``)."""
+
+
+class ValidationError(UpdaterError, ModelError):
+    """A candidate version failed validation before any swap.
+
+    It did not load and run in an isolated process, its outputs on the
+    published golden sample were outside the tolerance or not finite, or its
+    I/O contract differs from the serving one.
+
+    Attributes:
+        version: the version that failed.
+        reason: what was expected and what was found (also the message).
+    """
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(f"{version}: {reason}")
+        self.version = version
+        self.reason = reason
+
+
+class UpdaterBusyError(UpdaterError, TimeoutError):
+    """Another process (or thread) held the store's update round for longer than allowed."""

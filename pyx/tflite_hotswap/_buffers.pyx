@@ -448,6 +448,9 @@ cdef int _writable(object dst, Py_buffer* view) except -1:
         PyObject_GetBuffer(dst, view, PyBUF_RECORDS_RO | PyBUF_WRITABLE)
     except (TypeError, BufferError, ValueError) as e:
         raise InputError(f"dst: expected a writable array, got {type(dst).__name__}") from e
+    if view.itemsize <= 0:
+        PyBuffer_Release(view)
+        raise InputError("dst: expected an array of a numeric dtype, got 0-byte items")
     if not is_contiguous(view):
         PyBuffer_Release(view)
         raise InputError("dst: expected a C-contiguous, aligned array")

@@ -1,4 +1,5 @@
 # Slot table: wait-free readers, lock-free publish, exact reclamation.
+from cpython.pythread cimport PyThread_type_lock
 from libc.stdint cimport uint64_t
 
 from tflite_hotswap._buffers cimport Kernel, MAX_DIMS
@@ -45,6 +46,8 @@ cdef class Bound:
     cdef object copy_single      # output_views[0].copy, bound once (single-output models)
     cdef bint dynamic
     cdef bint needs_bind         # a failed invoke may have moved tensor memory
+    cdef void* native_self       # the C++ interpreter, for the native invoke
+    cdef void* native_invoke     # tflite::impl::Interpreter::Invoke, or NULL (Python path)
     cdef readonly tuple shape_key
     cdef _set_kernel(self, int i, object spec)
     cdef list _by_name(self, object inputs)
@@ -69,13 +72,15 @@ cdef class Slot:
     cdef int n_workers
     cdef int busy[MAX_WORKERS]
     cdef int n_waiters           # callers queued for a worker (FIFO hand-over)
-    cdef object waiters          # deque of _Waiter, guarded by queue_lock
-    cdef object queue_lock
+    cdef object waiters          # deque of _Waiter, guarded by qlock
+    cdef PyThread_type_lock qlock
     cdef LatencyStats stats
     cdef public object info
     cdef int try_claim(self) noexcept
     cdef int claim(self, uint64_t deadline, double timeout) except -1
     cdef int claim_queued(self, uint64_t deadline, double timeout) except -1
+    cdef void lock_queue(self) noexcept
+    cdef bint leave_queue(self, object waiter) noexcept
     cdef int release(self, int w) except -1
     cdef int hand_over(self, int w) except -1
 

@@ -13,6 +13,9 @@ to a reclaimer that waits for its reader count to reach zero and then drops it
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
+                               PyThread_allocate_lock, PyThread_free_lock, PyThread_release_lock,
+                               PyThread_type_lock)
 from libc.stdint cimport UINT64_MAX, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -25,42 +28,18 @@ from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, DT_UNKNOWN, MAX_DIMS
 import collections
 import threading
 
+cdef extern from "_native.h":
+    void* hs_resolve(const char* library, const char* symbol) nogil
+    int hs_call_status(void* method, void* self) nogil
+
 from tflite_hotswap.errors import (InferenceError, InputError, MisuseError,
                                    ModelUnavailableError, RuntimeBusyError, RuntimeClosedError,
                                    UnsupportedModelError)
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #define HS_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
-    #define HS_XCHG(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
-    #define HS_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
-    #define HS_COUNT(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
-    #define HS_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-    static inline int hs_claim(int* flag) {
-        int expected = 0;
-        return __atomic_compare_exchange_n(flag, &expected, 1, 0,
-                                           __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-    }
-    static inline void hs_max(uint64_t* p, uint64_t v) {
-        uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
-        while (v > cur && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELAXED,
-                                                       __ATOMIC_RELAXED)) {}
-    }
-    static inline int hs_msb(uint64_t v) { return 63 - __builtin_clzll(v); }
-    /* The calls this thread is inside, innermost first: close() or a
-       resource-policy swap() from inside a call (a mapping's __getitem__, a
-       signal handler) would wait for that very call to finish. */
-    typedef struct hs_frame { void* table; struct hs_frame* prev; } hs_frame;
-    static __thread hs_frame* hs_frames = 0;
-    static inline hs_frame* hs_top(void) { return hs_frames; }
-    static inline void hs_set_top(hs_frame* f) { hs_frames = f; }
-    """
-    ctypedef struct hs_frame:
-        void* table
-        hs_frame* prev
-    hs_frame* hs_top() nogil
-    void hs_set_top(hs_frame* f) nogil
+cdef extern from "_slots_support.h":
+    void hs_enter_call(const void* table) nogil
+    void hs_leave_call(const void* table) nogil
+    bint hs_inside_call(const void* table) nogil
     long atomic_load "HS_LOAD"(long* p) nogil
     int atomic_load_int "HS_LOAD"(int* p) nogil
     uint64_t atomic_load_u64 "HS_LOAD"(uint64_t* p) nogil
@@ -68,6 +47,7 @@ cdef extern from *:
     long atomic_add "HS_ADD"(long* p, long v) nogil
     uint64_t atomic_count "HS_COUNT"(uint64_t* p, uint64_t v) nogil
     void atomic_store_int "HS_STORE"(int* p, int v) nogil
+    void atomic_store_long "HS_STORE"(long* p, long v) nogil
     int atomic_add_int "HS_ADD"(int* p, int v) nogil
     bint hs_claim(int* flag) nogil
     void hs_max(uint64_t* p, uint64_t v) nogil
@@ -193,6 +173,8 @@ cdef class Bound:
 
     def __cinit__(self):
         self.inputs = NULL
+        self.native_self = NULL
+        self.native_invoke = NULL
 
     def __init__(self, interpreter, int subgraph, list inputs, list outputs, bint dynamic,
                  tuple shape_key):
@@ -277,8 +259,20 @@ cdef class Bound:
             del tensor
         self.run_invoke()
 
+    def use_native(self, size_t interpreter, size_t invoke) -> None:
+        """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper)."""
+        self.native_self = <void*>interpreter
+        self.native_invoke = <void*>invoke if interpreter and self.subgraph == 0 else NULL
+
+    @property
+    def native(self) -> bool:
+        """Whether calls go straight to the C++ interpreter."""
+        return self.native_invoke != NULL
+
     def release(self) -> None:
         """Drop views first, then the interpreter (the wrapper must outlive its views)."""
+        self.native_invoke = NULL
+        self.native_self = NULL
         self.output_views = None
         self.copy_single = None
         self.invoke = None
@@ -332,6 +326,18 @@ cdef class Bound:
         return 0
 
     cdef int run_invoke(self) except -1:
+        cdef int status
+        if self.native_invoke != NULL:
+            with nogil:
+                status = hs_call_status(self.native_invoke, self.native_self)
+            if status != 0:
+                self.needs_bind = self.dynamic
+                raise InferenceError(f"the backend failed to run the model (TfLiteStatus {status}; "
+                                     f"the backend's log names the operator)")
+            if self.dynamic:
+                self.needs_bind = True
+                self.bind()
+            return 0
         try:
             if self.subgraph == 0:
                 self.invoke()
@@ -504,13 +510,31 @@ cdef class Slot:
         info: the version's ModelInfo.
     """
 
+    def __cinit__(self, *args, **kwargs):
+        self.qlock = PyThread_allocate_lock()
+        if self.qlock == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.qlock != NULL:
+            PyThread_free_lock(self.qlock)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: no other thread exists, so nothing is busy or waiting."""
+        cdef int w
+        for w in range(MAX_WORKERS):
+            self.busy[w] = 0
+        self.n_waiters = 0
+        self.waiters.clear()
+        PyThread_free_lock(self.qlock)  # possibly held by a thread that does not exist here
+        self.qlock = PyThread_allocate_lock()
+
     def __init__(self, list workers, LatencyStats stats, info):
         if not 1 <= len(workers) <= MAX_WORKERS:
             raise ValueError(f"workers: expected 1 to {MAX_WORKERS}, got {len(workers)}")
         self.workers = workers
         self.n_workers = len(workers)
         self.waiters = collections.deque()
-        self.queue_lock = threading.Lock()
         self.stats = stats
         self.info = info
 
@@ -538,14 +562,17 @@ cdef class Slot:
         """
         cdef int w
         cdef uint64_t t
-        with self.queue_lock:
+        waiter = _Waiter()
+        self.lock_queue()
+        try:
             atomic_add_int(&self.n_waiters, 1)
             w = self.try_claim()
             if w >= 0:
                 atomic_add_int(&self.n_waiters, -1)
                 return w
-            waiter = _Waiter()
             self.waiters.append(waiter)
+        finally:
+            PyThread_release_lock(self.qlock)
         try:
             while True:
                 t = now_ns()
@@ -555,24 +582,36 @@ cdef class Slot:
                     waiter.lock.acquire(True, min((deadline - t) / 1e9, threading.TIMEOUT_MAX))
                 if waiter.worker >= 0:
                     return waiter.worker
-                if now_ns() >= deadline:
-                    with self.queue_lock:
-                        if waiter.worker >= 0:  # handed over as time ran out
-                            return waiter.worker
-                        self.waiters.remove(waiter)
-                        atomic_add_int(&self.n_waiters, -1)
+                if now_ns() >= deadline and self.leave_queue(waiter):
                     break
+                if waiter.worker >= 0:  # handed over as time ran out
+                    return waiter.worker
         except BaseException:
             # Interrupted (Ctrl+C): leave the line, or pass on a worker just handed over.
-            with self.queue_lock:
-                if waiter.worker < 0:
-                    self.waiters.remove(waiter)
-                    atomic_add_int(&self.n_waiters, -1)
-                    raise
-            self.release(waiter.worker)
+            if not self.leave_queue(waiter):
+                self.release(waiter.worker)
             raise
         raise RuntimeBusyError(f"all {self.n_workers} worker(s) stayed busy for {timeout:g} s; "
                                f"expected one to free up (raise workers= or wait_timeout=)")
+
+    cdef void lock_queue(self) noexcept:
+        # Not interruptible (a signal must not leave a worker half handed
+        # over), and waited for with the GIL released: the holder needs it.
+        if not PyThread_acquire_lock(self.qlock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.qlock, WAIT_LOCK)
+
+    cdef bint leave_queue(self, object waiter) noexcept:
+        """Take ``waiter`` out of the line; False if a worker was handed to it first."""
+        self.lock_queue()
+        try:
+            if waiter.worker >= 0:
+                return False
+            self.waiters.remove(waiter)
+            atomic_add_int(&self.n_waiters, -1)
+            return True
+        finally:
+            PyThread_release_lock(self.qlock)
 
     cdef int release(self, int w) except -1:
         if atomic_load_int(&self.n_waiters) == 0:
@@ -585,7 +624,8 @@ cdef class Slot:
 
     cdef int hand_over(self, int w) except -1:
         """Give worker w (or any free one, w < 0) to the first waiter, else free it."""
-        with self.queue_lock:
+        self.lock_queue()
+        try:
             if w < 0:
                 w = self.try_claim()
                 if w < 0:
@@ -597,7 +637,14 @@ cdef class Slot:
                 waiter.lock.release()
             else:
                 atomic_store_int(&self.busy[w], 0)
+        finally:
+            PyThread_release_lock(self.qlock)
         return 0
+
+    @property
+    def native(self) -> bool:
+        """Whether every worker calls the C++ interpreter directly."""
+        return all([(<Worker>w).last.native for w in self.workers])
 
     def workers_list(self) -> list:
         return list(self.workers)
@@ -637,6 +684,7 @@ cdef class SlotTable:
                 raise RuntimeClosedError("the runtime is closed; expected an open runtime "
                                          "(create a new Runtime)")
             elif s == SLOT_FAILED:
+                self.gap_stats.record(0, CALL_MODEL_ERROR)
                 raise ModelUnavailableError(
                     "no model is serving: a resource-policy swap failed and the previous model "
                     "could not be reloaded; expected a successful swap() first")
@@ -693,7 +741,6 @@ cdef class SlotTable:
         """
         cdef uint64_t t0 = now_ns()
         cdef uint64_t deadline = deadline_after(t0, self.wait_timeout)
-        cdef hs_frame frame
         cdef Slot slot
         cdef Worker worker
         cdef int s, w
@@ -704,9 +751,7 @@ cdef class SlotTable:
             self.gap_stats.record(0, CALL_TIMEOUT)
             raise
         slot = <Slot>self.slots[s]
-        frame.table = <void*>self
-        frame.prev = hs_top()
-        hs_set_top(&frame)
+        hs_enter_call(<void*>self)
         try:
             w = slot.claim(deadline, self.wait_timeout)
             try:
@@ -721,18 +766,13 @@ cdef class SlotTable:
             finally:
                 slot.release(w)
         finally:
-            hs_set_top(frame.prev)
+            hs_leave_call(<void*>self)
             atomic_add(&self.readers[s], -1)
             slot.stats.record(now_ns() - t0, outcome)
 
     def _inside_call(self) -> bool:
         """Whether this thread is inside a run()/run_batch() of this table."""
-        cdef hs_frame* f = hs_top()
-        while f != NULL:
-            if f.table == <void*>self:
-                return True
-            f = f.prev
-        return False
+        return hs_inside_call(<void*>self)
 
     # Writer side: called by Runtime with its swap lock held.
 
@@ -748,6 +788,19 @@ cdef class SlotTable:
     def _slot_list(self) -> list:
         return self.slots
 
+    def _current(self) -> int:
+        """The published slot's index, or GAP / CLOSED / FAILED."""
+        return atomic_load(&self.current)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the callers that held reader counts do not exist here."""
+        cdef int i
+        for i in range(MAX_SLOTS):
+            atomic_store_long(&self.readers[i], 0)
+        for slot in self.slots:
+            if slot is not None:
+                slot._reset_after_fork()
+
     def _readers(self, int index) -> int:
         return atomic_load(&self.readers[index])
 
@@ -760,6 +813,19 @@ cdef class SlotTable:
     @staticmethod
     def _capacity() -> int:
         return MAX_SLOTS
+
+
+def resolve_symbol(str library, bytes symbol) -> int:
+    """Address of ``symbol`` in the already-loaded shared object ``library`` (0 if absent)."""
+    return <size_t>hs_resolve(library.encode(), symbol)
+
+
+def call_status_nogil(size_t method, size_t self_address) -> int:
+    """Call a no-argument status method on ``self_address`` with the GIL released."""
+    cdef int status
+    with nogil:
+        status = hs_call_status(<void*>method, <void*>self_address)
+    return status
 
 
 # What _call counts as the model's failure rather than the caller's.

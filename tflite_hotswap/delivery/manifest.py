@@ -18,6 +18,7 @@ import json
 import math
 import posixpath
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -117,39 +118,63 @@ def device_fraction(salt: str, device_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def assigned_arm(experiment: Experiment, device_id: str) -> Arm:
+    """The device's arm of ``experiment`` (weighted, sticky: by a salted hash of its id)."""
+    point = device_fraction(experiment.salt, device_id) * sum(a.weight for a in experiment.arms)
+    for arm in experiment.arms:
+        if point < arm.weight:
+            return arm
+        point -= arm.weight
+    return experiment.arms[-1]
+
+
+def rollout_applies(entry: ModelEntry, channel: str) -> bool:
+    """Whether ``entry``'s staged rollout still applies to devices on ``channel``.
+
+    A rollout moves a channel forward: it is over once the channel serves the
+    rollout's version (it completed) or a version created after it (the
+    channel moved on).  So a rollout never keeps devices on a version older
+    than their channel's.  (``publish --channel`` also ends a rollout of
+    another version, which covers versions created within the same second.)
+    """
+    rollout = entry.rollout
+    if rollout is None or channel not in entry.channels:
+        return False
+    channel_version = entry.versions[entry.channels[channel]]
+    return channel_version.id != rollout.version and entry.versions[rollout.version].created >= channel_version.created
+
+
 def choose_version(entry: ModelEntry, device_id: str, channel: str = "stable",
-                   client_version: str | None = None) -> str:
+                   client_version: str | None = None, exclude: Collection[str] = ()) -> str:
     """The version this device should run.
 
     In order: the device's arm of the first experiment, then the staged
-    rollout if the device falls within its percentage, then the channel.  A
-    candidate needing a newer client than ``client_version`` is passed over.
-    Assignment is sticky: it depends only on the salts and the device id.
+    rollout if it still applies (``rollout_applies``) and the device falls
+    within its percentage, then the channel.  A candidate needing a newer
+    client than ``client_version``, or listed in ``exclude`` (versions this
+    device found bad), is passed over.  Assignment is sticky: it depends only
+    on the salts and the device id.
 
     Raises:
         MisuseError: if the channel does not exist.
-        DeliveryError: if no candidate supports this client version.
+        DeliveryError: if no candidate is left.
     """
     if channel not in entry.channels:
         raise MisuseError(f"channel: expected one of {sorted(entry.channels)}, got {channel!r}")
-    candidates = []
-    for experiment in entry.experiments[:1]:
-        point = device_fraction(experiment.salt, device_id) * sum(a.weight for a in experiment.arms)
-        for arm in experiment.arms:
-            if point < arm.weight:
-                candidates.append(arm.version)
-                break
-            point -= arm.weight
-        else:
-            candidates.append(experiment.arms[-1].version)
-    if entry.rollout and device_fraction(entry.rollout.salt, device_id) * 100 < entry.rollout.percent:
+    candidates = [assigned_arm(experiment, device_id).version for experiment in entry.experiments[:1]]
+    if entry.rollout and rollout_applies(entry, channel) \
+            and device_fraction(entry.rollout.salt, device_id) * 100 < entry.rollout.percent:
         candidates.append(entry.rollout.version)
     candidates.append(entry.channels[channel])
     for version in candidates:
+        if version in exclude:
+            continue
         needed = entry.versions[version].min_client_version
         if needed is None or client_version is None or _version_tuple(client_version) >= _version_tuple(needed):
             return version
-    raise DeliveryError(f"no version among {candidates} supports client version {client_version}")
+    raise DeliveryError(f"no version among {candidates} is usable here: expected one not marked bad "
+                        f"({sorted(set(exclude) & set(candidates))} are) that supports client version "
+                        f"{client_version}")
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 
 import numpy as np
@@ -37,6 +38,11 @@ from .sources import MANIFEST_NAME
 from .store import atomic_write, file_lock, storage_errors
 
 logger = logging.getLogger(__name__)
+
+
+def publish_lock(repo: str) -> AbstractContextManager[None]:
+    """The repository's writer lock: one manifest edit (publish, rollout, experiment) at a time."""
+    return file_lock(os.path.join(repo, ".publish.lock"), None)
 
 
 def _check_folder(repo: str, *, missing_ok: bool) -> None:
@@ -110,7 +116,7 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: st
     sha256 = loaded.sha256
     with storage_errors(f"{repo}: expected a repository folder"):
         os.makedirs(os.path.join(repo, "models", model), exist_ok=True)
-    with file_lock(os.path.join(repo, ".publish.lock"), None):
+    with publish_lock(repo):
         manifest = load_manifest(repo)
         entry = manifest.models.get(model) or ModelEntry({}, {})
         existing = entry.versions.get(version)
@@ -134,6 +140,8 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: st
         if channel:
             channels[channel] = version
         new_rollout = entry.rollout
+        if channel and new_rollout is not None and new_rollout.version != version:
+            new_rollout = None  # the channel moved on: the rollout ends (see manifest.rollout_applies)
         if rollout is not None:
             # The salt is fixed per version, so a device inside 10% stays inside at 50%.
             new_rollout = Rollout(version, float(rollout), f"{model}:{version}")

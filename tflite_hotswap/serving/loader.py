@@ -14,6 +14,7 @@ from .._slots import Bound
 from ..errors import InputError, InvalidModelError, MisuseError, UnsupportedModelError
 from ..safety.isolation import prove_loadable
 from ..safety.verify import verify_model
+from . import native
 from .backend import Backend, load_backend
 from .contract import Contract, contract_of, signature_of
 
@@ -210,12 +211,17 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
                                           model.subgraph)
             except (ValueError, RuntimeError) as e:
                 raise InputError(f"input {spec.name!r}: the model cannot take shape {shape}: {e}") from e
+    entry = native.entry_points(interpreter)
     try:
-        # All subgraphs (-1): only this applies the backend's default delegate
-        # (XNNPACK); allocating one subgraph would silently run without it.
-        wrapper.AllocateTensors(-1)
+        # The whole interpreter (-1, or Interpreter::AllocateTensors natively):
+        # only this applies the backend's default delegate (XNNPACK);
+        # allocating one subgraph would silently run without it.  Natively the
+        # GIL is released meanwhile; a failure is repeated through the wrapper,
+        # which raises the backend's own message.
+        if entry is None or native.allocate(entry, interpreter) != 0:
+            wrapper.AllocateTensors(-1)
         if model.subgraph:
-            # -1 allocates the primary subgraph only: a signature of a
+            # Both allocate the primary subgraph only: a signature of a
             # multi-signature model (train/infer/...) needs its own.
             wrapper.AllocateTensors(model.subgraph)
     except (ValueError, RuntimeError, MemoryError) as e:
@@ -225,4 +231,7 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
         prepare(interpreter, model)
     inputs = [(spec.name, spec.index, kernel) for spec, kernel in zip(model.contract.inputs, kernels)]
     outputs = [(spec.name, spec.index) for spec in model.contract.outputs]
-    return Bound(interpreter, model.subgraph, inputs, outputs, model.dynamic, tuple(key or ()))
+    bound = Bound(interpreter, model.subgraph, inputs, outputs, model.dynamic, tuple(key or ()))
+    if entry is not None:
+        bound.use_native(native.address_of(interpreter), entry.invoke)
+    return bound

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import os
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -49,6 +51,9 @@ class ModelInfo:
         probe_seconds: time spent proving it loadable in a child process
             (0.0 when cached or not needed).
         load_seconds: time spent loading, allocating and warming it up.
+        path: ``"native"`` when calls and allocations go straight to the C++
+            interpreter with the GIL released, ``"python"`` when through the
+            backend's Python wrapper (see ``tflite_hotswap.serving.native``).
     """
 
     version: str
@@ -62,6 +67,7 @@ class ModelInfo:
     loaded_at: datetime
     probe_seconds: float = 0.0
     load_seconds: float = 0.0
+    path: str = "python"
 
     @property
     def contract(self) -> Contract:
@@ -133,9 +139,10 @@ class Runtime(SlotTable):
             limit; Ctrl+C still interrupts the wait).  Also bounds how long
             ``swap()`` and ``close()`` wait for calls still running on a
             retired version.
-        isolate: prove each new model loadable in a child process before
-            loading it here.  None: only for backends that do not verify
-            models (tflite-runtime, tensorflow).
+        isolate: prove each new model loadable in a child process (load,
+            bind, one invoke, under memory and CPU limits) before loading it
+            here.  None: yes for every backend -- none verifies a model's
+            meaning, and LiteRT crashes on some models its verifier passes.
         version: version name of the initial model.
         checkpoints: a :class:`tflite_hotswap.training.Checkpoints`: every
             interpreter this runtime creates (start, each worker, each new
@@ -175,6 +182,8 @@ class Runtime(SlotTable):
         self._preprocess = preprocess
         self._checkpoints = checkpoints
         self._swap_lock = threading.Lock()
+        self._writer_thread: int | None = None
+        self._contract: Contract | None = None  # the last published one, even after a failure
         self._stats: dict[str, LatencyStats] = {}
         self._serving: _Serving | None = None
         self._closed = False
@@ -183,7 +192,8 @@ class Runtime(SlotTable):
         # An unclosed runtime that is dropped hands its interpreters to the
         # reclaimer thread: destroying them takes milliseconds with the GIL
         # held, and must not happen on whichever thread dropped the last reference.
-        weakref.finalize(self, self._reclaimer.adopt, self._slot_list())
+        self._finalizer = weakref.finalize(self, self._reclaimer.adopt, self._slot_list())
+        _live.add(self)
         try:
             self.swap(model, version=version, allow_contract_change=True)
         except BaseException:
@@ -191,6 +201,23 @@ class Runtime(SlotTable):
             raise
 
     # ------------------------------------------------------------ public API
+
+    @classmethod
+    def from_store(cls, store: Any, *, model: str, default: ModelSource | None = None,
+                   **kwargs: Any) -> Runtime:
+        """A Runtime serving ``model`` from an on-device store, without any network.
+
+        Serves the store's current version, or its last-known-good (after a
+        process died during a probation: crash-loop protection), or
+        ``default``, the model the device shipped with, for an empty store.
+        See :func:`tflite_hotswap.updater.boot.open_from_store` for every argument.
+
+        Raises:
+            StorageError: if nothing usable is stored and no default is given.
+            InvalidModelError: if the default model cannot be loaded either.
+        """
+        from ..updater.boot import open_from_store  # delivery sits above serving: imported on use
+        return open_from_store(store, model=model, default=default, **kwargs)
 
     @property
     def info(self) -> ModelInfo:
@@ -255,14 +282,14 @@ class Runtime(SlotTable):
         if self._policy == "resource" and self._inside_call():
             raise MisuseError("swap(): called from inside a run() of this runtime (a callback or "
                               "signal handler); the resource policy would wait for that very call")
-        with self._swap_lock:
+        with self._writer("swap()"):
             if self._closed:
                 raise RuntimeClosedError("the runtime is closed; expected an open runtime")
             data = read_model(model)
             serving = self._serving
             if self._policy == "resource" and serving is not None:
                 return self._swap_in_place(data, version, allow_contract_change, serving)
-            info = self._load_and_publish(data, version, allow_contract_change, serving, self._known_shapes())
+            info = self._load_and_publish(data, version, allow_contract_change, self._known_shapes())
             logger.info("swapped in %s (sha256 %s, %.1f ms load, %.1f ms probe)", info.version,
                         info.sha256[:12], info.load_seconds * 1e3, info.probe_seconds * 1e3)
             return info
@@ -281,7 +308,7 @@ class Runtime(SlotTable):
         if self._inside_call():
             raise MisuseError("close(): called from inside a run() of this runtime (a callback or "
                               "signal handler); expected it after the call returns")
-        with self._swap_lock:
+        with self._writer("close()"):
             if self._closed:
                 return
             self._closed = True
@@ -300,19 +327,58 @@ class Runtime(SlotTable):
 
     def __repr__(self) -> str:
         serving = self._serving
-        state = "closed" if self._closed or serving is None else f"version={serving.info.version!r}"
+        state = ("closed" if self._closed else "failed (no model serving)" if serving is None
+                 else f"version={serving.info.version!r}")
         return f"<Runtime {state} backend={self._backend.name!r} workers={self._workers}>"
 
     # -------------------------------------------------------------- helpers
 
+    @contextlib.contextmanager
+    def _writer(self, what: str) -> Iterator[None]:
+        """Hold the swap lock; refuse (not deadlock) when this thread already holds it.
+
+        A signal handler that calls close() or swap() while its thread is in
+        the middle of a swap() would otherwise wait for itself forever.
+        """
+        if self._writer_thread == threading.get_ident():
+            raise MisuseError(f"{what}: called while this thread is inside swap() or close() of the "
+                              f"same runtime (a signal handler?); expected it after that returns")
+        with self._swap_lock:
+            self._writer_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._writer_thread = None
+
+    def _after_fork_in_child(self) -> None:
+        """The forked child has none of the parent's other threads: rebuild what they held.
+
+        Locks may have been held by threads that do not exist here, calls in
+        flight never finish here, and the reclaimer thread is gone.
+        """
+        self._swap_lock = threading.Lock()
+        self._writer_thread = None
+        self._reset_after_fork()
+        current = self._current()
+        slots = self._slot_list()
+        self._free = _FreeSlots(self._capacity(), [i for i, slot in enumerate(slots) if slot is None])
+        self._finalizer.detach()
+        self._reclaimer = _Reclaimer(self, self._free)
+        self._finalizer = weakref.finalize(self, self._reclaimer.adopt, slots)
+        for index, slot in enumerate(slots):
+            if slot is not None and index != current:
+                self._reclaimer.retire(index)  # retiring in the parent: free it here too
+
     def _load_and_publish(self, data: bytes, version: str | None, allow_contract_change: bool,
-                          serving: _Serving | None, keys: list[ShapeKey]) -> ModelInfo:
+                          keys: list[ShapeKey]) -> ModelInfo:
         """Prove, load, check, build and publish ``data``; the caller holds the swap lock."""
         started = time.perf_counter()
         interpreter, loaded, probe_seconds = load_proven(self._backend, data, self._num_threads,
                                                          self._signature, self._isolate)
-        if serving is not None and not allow_contract_change:
-            check_compatible(serving.model.contract, loaded.contract)
+        # Against the last published contract: callers still depend on it when
+        # a failed resource-policy swap left no model serving.
+        if self._contract is not None and not allow_contract_change:
+            check_compatible(self._contract, loaded.contract)
         kernels = self._kernels(loaded.contract)
         version = version or loaded.sha256[:12]
         stats = self._stats.get(version) or LatencyStats()
@@ -321,11 +387,13 @@ class Runtime(SlotTable):
         info = ModelInfo(version, loaded.sha256, len(data), loaded.signature, loaded.signatures,
                          loaded.contract.inputs, loaded.contract.outputs, self._backend.name,
                          datetime.now(timezone.utc), probe_seconds,
-                         time.perf_counter() - started - probe_seconds)
+                         time.perf_counter() - started - probe_seconds,
+                         "native" if slot.native else "python")
         slot.info = info
         self._keep_stats(version, stats)
         self._publish_slot(slot)
         self._serving = _Serving(loaded, kernels, info)
+        self._contract = loaded.contract
         return info
 
     def _swap_in_place(self, data: bytes, version: str | None, allow_contract_change: bool,
@@ -350,7 +418,7 @@ class Runtime(SlotTable):
             self._take_slot(old).release_all()
             self._free.give(old)
         try:
-            info = self._load_and_publish(data, version, allow_contract_change, serving, keys)
+            info = self._load_and_publish(data, version, allow_contract_change, keys)
         except BaseException as failure:
             logger.warning("resource-policy swap failed (%s); reloading %s", failure, serving.info.version)
             try:
@@ -437,6 +505,17 @@ class Runtime(SlotTable):
             self._reclaimer.retire(old)
 
 
+_live: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for runtime in list(_live):
+        runtime._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _fits(model: LoadedModel, key: ShapeKey) -> bool:
     try:
         check_shape_key(model, key)
@@ -448,8 +527,8 @@ def _fits(model: LoadedModel, key: ShapeKey) -> bool:
 class _FreeSlots:
     """Indices of slots that hold nothing; a swap waits here (bounded) if all are retiring."""
 
-    def __init__(self, capacity: int) -> None:
-        self._free = list(range(capacity))
+    def __init__(self, capacity: int, free: list[int] | None = None) -> None:
+        self._free = list(range(capacity)) if free is None else free
         self._cond = threading.Condition()
 
     def take(self, timeout: float) -> int:

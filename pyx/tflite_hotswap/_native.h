@@ -1,0 +1,35 @@
+/* Native entry points of a TFLite backend, resolved at run time.
+ *
+ * tflite-runtime's extension module exports the C++ interpreter's own methods
+ * (tflite::impl::Interpreter::Invoke(), AllocateTensors()); calling them with
+ * the GIL released lets an inference loop run while another thread allocates
+ * a new model (XNNPACK packs weights there, for tens of milliseconds).  They
+ * are looked up in the already-loaded module (RTLD_NOLOAD): no link-time
+ * dependency, and nothing at all when a backend lacks them.
+ *
+ * A non-virtual C++ member function taking no arguments is called, on the
+ * Itanium ABI that gcc and clang use on Linux (x86_64, aarch64, arm), as a
+ * plain function whose first argument is `this`.  TfLiteStatus is a C enum.
+ */
+#ifndef TFLITE_HOTSWAP_NATIVE_H
+#define TFLITE_HOTSWAP_NATIVE_H
+
+#include <dlfcn.h>
+#include <stddef.h>
+
+typedef int (*hs_status_method)(void *self);
+
+static inline void *hs_resolve(const char *library, const char *symbol) {
+    void *handle = dlopen(library, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    void *fn;
+    if (handle == NULL) return NULL;
+    fn = dlsym(handle, symbol);
+    dlclose(handle); /* NOLOAD took a reference; the module itself stays loaded */
+    return fn;
+}
+
+static inline int hs_call_status(void *method, void *self) {
+    return ((hs_status_method)method)(self);
+}
+
+#endif

@@ -1,0 +1,85 @@
+"""The native path: call the backend's C++ interpreter directly, with the GIL released.
+
+tflite-runtime 2.14 (its last release: the ABI is frozen) exports
+``tflite::impl::Interpreter::AllocateTensors()`` and ``Invoke()`` from its
+extension module, and ``Interpreter._interpreter.interpreter()`` gives the C++
+interpreter's address.  Allocating through it lets an inference loop keep
+running while a swap packs a new model's weights (XNNPACK does that inside
+``AllocateTensors``, tens of milliseconds for a 20 MB model, with the GIL held
+on the Python path), and a call skips the wrapper's Python-level bookkeeping.
+
+The symbols are resolved at run time in the already-loaded module; where one
+is missing (LiteRT does not export them) or ``TFLITE_HOTSWAP_NATIVE=0`` is set,
+the wrapper's own methods serve, and ``ModelInfo.path`` says which path serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _slots
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "TFLITE_HOTSWAP_NATIVE"
+
+# Itanium-ABI names of the no-argument methods, returning TfLiteStatus.
+_INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
+_ALLOCATE = b"_ZN6tflite4impl11Interpreter15AllocateTensorsEv"
+
+
+@dataclass(frozen=True)
+class NativeEntryPoints:
+    """Addresses of the C++ interpreter methods in the backend's extension module."""
+
+    invoke: int
+    allocate: int
+
+
+_resolved: dict[str, NativeEntryPoints | None] = {}
+
+
+def entry_points(interpreter: Any) -> NativeEntryPoints | None:
+    """The native entry points for interpreters of ``interpreter``'s backend, or None.
+
+    None when disabled by ``TFLITE_HOTSWAP_NATIVE=0``, when the wrapper gives
+    no interpreter address, or when the module lacks a symbol.
+    """
+    if os.environ.get(ENV_VAR, "1") == "0":
+        return None
+    wrapper = interpreter._interpreter
+    module_name = type(wrapper).__module__
+    if module_name not in _resolved:
+        _resolved[module_name] = _resolve(module_name, wrapper)
+    return _resolved[module_name]
+
+
+def _resolve(module_name: str, wrapper: Any) -> NativeEntryPoints | None:
+    module = sys.modules.get(module_name)
+    library = getattr(module, "__file__", None)
+    if library is None or not callable(getattr(wrapper, "interpreter", None)):
+        logger.info("native path unavailable for %s: no extension file or interpreter address",
+                    module_name)
+        return None
+    invoke = _slots.resolve_symbol(library, _INVOKE)
+    allocate = _slots.resolve_symbol(library, _ALLOCATE)
+    if not (invoke and allocate):
+        logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors not exported",
+                    module_name)
+        return None
+    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors", module_name)
+    return NativeEntryPoints(invoke, allocate)
+
+
+def address_of(interpreter: Any) -> int:
+    """The C++ interpreter's address."""
+    return int(interpreter._interpreter.interpreter())
+
+
+def allocate(native: NativeEntryPoints, interpreter: Any) -> int:
+    """``Interpreter::AllocateTensors()`` with the GIL released; returns the TfLiteStatus."""
+    return int(_slots.call_status_nogil(native.allocate, address_of(interpreter)))

@@ -1,0 +1,169 @@
+"""Validation of a candidate version before any swap, in a separate process.
+
+A short-lived child process (``python -m tflite_hotswap.updater._validate_child``)
+loads the model with the serving backend and runs it once -- on the published
+golden sample's inputs if there is one, else on zeros -- and hands back its
+I/O contract and outputs.  A model that crashes or hangs the backend takes only
+that child down.  This process then checks:
+
+1. it loaded and ran (no crash, no error, within ``timeout``);
+2. every floating-point output is finite;
+3. with a golden sample, every output is within ``tolerance`` (maximum
+   absolute difference) of the expected one;
+4. its I/O contract matches the serving one, unless a change is allowed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import IncompatibleModelError, ValidationError
+from ..serving.contract import Contract, check_compatible
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GoldenSample:
+    """Inputs and expected outputs (an ``.npz`` of ``inputs/<name>``, ``outputs/<name>``) and a tolerance."""
+
+    data: bytes
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What validation found for a version that passed.
+
+    Attributes:
+        version: the version validated.
+        contract: its I/O contract.
+        seconds: wall time of the whole validation (child start-up included).
+        golden: whether a golden sample was checked.
+        max_abs_error: the largest difference from the golden outputs (None without one).
+    """
+
+    version: str
+    contract: Contract
+    seconds: float
+    golden: bool
+    max_abs_error: float | None
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def validate(model_path: str, *, version: str, backend: str, golden: GoldenSample | None = None,
+             serving: Contract | None = None, allow_contract_change: bool = False,
+             signature: str | None = None, timeout: float = 60.0) -> ValidationReport:
+    """Validate ``model_path`` in a child process; return a report if it passes.
+
+    Args:
+        model_path: the verified model file.
+        version: its version name (for messages).
+        backend: the backend name to load it with (the serving one).
+        golden: the published golden sample, if any.
+        serving: the serving model's contract to match.
+        allow_contract_change: accept a contract that differs from ``serving``.
+        signature: the signature the serving runtime runs.
+        timeout: seconds the child may take.
+
+    Raises:
+        ValidationError: for any failed check; the message says what was
+            expected and what was found.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tflite-hotswap-validate-") as tmp:
+        golden_path = "-"
+        if golden is not None:
+            golden_path = os.path.join(tmp, "golden.npz")
+            with open(golden_path, "wb") as f:
+                f.write(golden.data)
+        out_path = os.path.join(tmp, "out.npz")
+        result = _run_child(model_path, version, backend, signature, golden_path, out_path, timeout)
+    contract = Contract.from_dict(json.loads(bytes(result["contract"]).decode()))
+    outputs = {k[len("outputs/"):]: v for k, v in result.items() if k.startswith("outputs/")}
+    for name, value in outputs.items():
+        if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+            raise ValidationError(version, f"output {name!r}: expected finite values, found "
+                                           f"{int(np.size(value) - np.count_nonzero(np.isfinite(value)))} "
+                                           f"NaN/inf of {np.size(value)}")
+    max_error = None
+    if golden is not None:
+        max_error = _compare_golden(version, golden, outputs)
+    if serving is not None and not allow_contract_change:
+        try:
+            check_compatible(serving, contract)
+        except IncompatibleModelError as e:
+            raise ValidationError(version, f"I/O contract: expected the serving one; {'; '.join(e.differences)}") \
+                from None
+    seconds = time.perf_counter() - started
+    return ValidationReport(version, contract, seconds, golden is not None, max_error)
+
+
+def _run_child(model_path: str, version: str, backend: str, signature: str | None, golden_path: str,
+               out_path: str, timeout: float) -> dict[str, Any]:
+    root = _package_root()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cmd = [sys.executable, "-m", "tflite_hotswap.updater._validate_child", backend, signature or "-",
+           model_path, golden_path, out_path]
+    try:
+        proc = subprocess.run(cmd, check=False, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ValidationError(version, f"expected the model to load and run within {timeout:g} s in an "
+                                       f"isolated process, it did not") from None
+    except OSError as e:
+        raise ValidationError(version, f"could not start the validation process ({e})") from e
+    if proc.returncode < 0:
+        raise ValidationError(version, f"{backend} crashed ({signal.Signals(-proc.returncode).name}) loading "
+                                       f"or running the model in an isolated process; expected a valid model")
+    try:
+        with np.load(out_path) as npz:
+            result = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise ValidationError(version, f"the validation process exited with status {proc.returncode} "
+                                       f"without a result ({e}; {tail[0][:200]})") from None
+    if "error" in result:
+        raise ValidationError(version, f"expected the model to load and run, it failed: "
+                                       f"{bytes(result['error']).decode(errors='replace')}")
+    return result
+
+
+def _compare_golden(version: str, golden: GoldenSample, outputs: dict[str, Any]) -> float:
+    try:
+        with np.load(io.BytesIO(golden.data)) as npz:
+            expected = {k[len("outputs/"):]: npz[k] for k in npz.files if k.startswith("outputs/")}
+    except (OSError, ValueError) as e:
+        raise ValidationError(version, f"golden sample: expected an .npz, could not read it ({e})") from None
+    worst = 0.0
+    for name, want in expected.items():
+        if name not in outputs:
+            raise ValidationError(version, f"golden sample: expected output {name!r}, the model has "
+                                           f"{sorted(outputs)}")
+        got = outputs[name]
+        if got.shape != want.shape:
+            raise ValidationError(version, f"golden output {name!r}: expected shape {want.shape}, found "
+                                           f"{got.shape}")
+        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if got.size else 0.0
+        if not diff <= golden.tolerance:
+            raise ValidationError(version, f"golden output {name!r}: expected within {golden.tolerance:g} "
+                                           f"of the published values, found a difference of {diff:g}")
+        worst = max(worst, diff)
+    return worst
