@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from .errors import HotswapError
+from .training import cli as training_cli
 
 #: The exit status of a command stopped by Ctrl+C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--device-id", default="cli", help="device id for rollouts and experiments")
 
     sub.add_parser("demo", help="run the hot-swap demo")
+    training_cli.add_commands(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = load_manifest(args.repo, required=True)
             print(show(manifest))
             print(fleet_table(manifest))
+        elif args.command in ("make-trainable", "train"):
+            return training_cli.run(args)
         elif args.command == "fetch":
             from . import __version__
             from .delivery.manifest import choose_version

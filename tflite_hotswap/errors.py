@@ -13,6 +13,11 @@ Catch :class:`HotswapError` for all of them, or one branch:
   (:class:`IsolationError`).
 * :class:`DeliveryError` -- getting a model onto the device: manifest,
   transport, verification and storage errors.
+* :class:`TrainingError` -- on-device training: checkpoints that cannot be
+  read or written or do not fit the model, and trained weights ``publish``
+  refused.  (A model that cannot be trained here raises
+  :class:`NotTrainableError` / :class:`FlexOpsRequiredError`, both
+  :class:`InvalidModelError`.)
 
 Each also derives from the closest built-in (``ValueError``, ``OSError``, ...)
 so generic handlers keep working.  Messages say what was expected and what was
@@ -166,6 +171,65 @@ class DiskFullError(StorageError):
 
 class LockTimeoutError(StorageError, TimeoutError):
     """Another process held the store's lock for too long."""
+
+
+# ------------------------------------------------------------------- training
+
+
+class TrainingError(HotswapError):
+    """Base class of errors of on-device training (``tflite_hotswap.training``)."""
+
+
+class NotTrainableError(UnsupportedModelError):
+    """The model lacks the signatures training needs (``train``, ``infer`` and
+    ``get_weights``/``set_weights`` or ``save``/``restore``); the message lists
+    what it has."""
+
+
+class FlexOpsRequiredError(NotTrainableError):
+    """The model needs Flex (Select TensorFlow) ops the backend does not have.
+
+    Attributes:
+        ops: the Flex ops the model uses, e.g. ``["FlexRestore", "FlexSave"]``.
+    """
+
+    def __init__(self, message: str, ops: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.ops = list(ops or [])
+
+
+class CheckpointError(TrainingError, OSError):
+    """A checkpoint could not be written, read or parsed."""
+
+
+class CheckpointMismatchError(TrainingError, ValueError):
+    """A checkpoint does not fit the model: other variables, shapes or dtypes.
+
+    Attributes:
+        differences: one human-readable line per difference.
+    """
+
+    def __init__(self, message: str, differences: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.differences = list(differences or [])
+
+
+class ValidationFailedError(TrainingError):
+    """``publish`` refused trained weights: their held-out metric fell below the
+    serving weights', or their outputs were not finite.  Nothing was swapped.
+
+    Attributes:
+        metric: the metric's name.
+        candidate: the trained weights' value.
+        serving: the serving weights' value.
+    """
+
+    def __init__(self, message: str, metric: str = "", candidate: float = float("nan"),
+                 serving: float = float("nan")) -> None:
+        super().__init__(message)
+        self.metric = metric
+        self.candidate = candidate
+        self.serving = serving
 
 
 # -------------------------------------------------------------------- updater

@@ -186,12 +186,18 @@ def check_shape_key(model: LoadedModel, key: ShapeKey) -> None:
 
 def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
                kernels: Sequence[Any], key: ShapeKey | None = None,
-               interpreter: Any = None) -> Bound:
+               interpreter: Any = None,
+               prepare: Callable[[Any, LoadedModel], None] | None = None) -> Bound:
     """Allocate an interpreter for input shapes ``key`` (None: the model's own) and bind it.
+
+    ``prepare(interpreter, model)``, when given, runs after the allocation and
+    before the binding (and so before any warm-up invoke): the runtime's
+    checkpoint restore, which writes trained weights into every interpreter.
 
     Raises:
         InputError: if the model cannot take the shapes in ``key``.
         InvalidModelError: if the backend cannot allocate the model.
+        Whatever ``prepare`` raises (e.g. CheckpointMismatchError).
     """
     if key is not None:
         check_shape_key(model, key)  # before paying for an interpreter
@@ -214,9 +220,15 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
         # which raises the backend's own message.
         if entry is None or native.allocate(entry, interpreter) != 0:
             wrapper.AllocateTensors(-1)
+        if model.subgraph:
+            # Both allocate the primary subgraph only: a signature of a
+            # multi-signature model (train/infer/...) needs its own.
+            wrapper.AllocateTensors(model.subgraph)
     except (ValueError, RuntimeError, MemoryError) as e:
         error = InputError if key is not None else InvalidModelError
         raise error(f"{backend.name} could not allocate the model's tensors: {e}") from e
+    if prepare is not None:
+        prepare(interpreter, model)
     inputs = [(spec.name, spec.index, kernel) for spec, kernel in zip(model.contract.inputs, kernels)]
     outputs = [(spec.name, spec.index) for spec in model.contract.outputs]
     bound = Bound(interpreter, model.subgraph, inputs, outputs, model.dynamic, tuple(key or ()))

@@ -144,6 +144,10 @@ class Runtime(SlotTable):
             here.  None: yes for every backend -- none verifies a model's
             meaning, and LiteRT crashes on some models its verifier passes.
         version: version name of the initial model.
+        checkpoints: a :class:`tflite_hotswap.training.Checkpoints`: every
+            interpreter this runtime creates (start, each worker, each new
+            input shape, each swap) gets the latest checkpoint for its model
+            restored, the same one for every interpreter of a version.
 
     Raises:
         MisuseError: for invalid arguments.
@@ -156,7 +160,7 @@ class Runtime(SlotTable):
                  policy: str = "availability",
                  preprocess: Normalize | Mapping[str, Normalize] | None = None,
                  wait_timeout: float = 10.0, isolate: bool | None = None,
-                 version: str | None = None) -> None:
+                 version: str | None = None, checkpoints: Any = None) -> None:
         if not isinstance(workers, int) or not 1 <= workers <= 64:
             raise MisuseError(f"workers: expected an int from 1 to 64, got {workers!r}")
         if policy not in POLICIES:
@@ -176,6 +180,7 @@ class Runtime(SlotTable):
         self._workers = workers
         self._policy = policy
         self._preprocess = preprocess
+        self._checkpoints = checkpoints
         self._swap_lock = threading.Lock()
         self._writer_thread: int | None = None
         self._contract: Contract | None = None  # the last published one, even after a failure
@@ -476,7 +481,10 @@ class Runtime(SlotTable):
         """Prepare a complete slot: every worker allocated for every known shape, warmed up."""
         # The factory holds no reference to the runtime: an unclosed runtime
         # must be freed by reference counting, not wait for the cyclic GC.
-        make = functools.partial(make_bound, self._backend, model, self._num_threads, kernels)
+        # One restore hook per slot: all its interpreters get the same checkpoint.
+        prepare = self._checkpoints.restorer(model) if self._checkpoints is not None else None
+        make = functools.partial(make_bound, self._backend, model, self._num_threads, kernels,
+                                 prepare=prepare)
         workers = []
         for w in range(self._workers):
             first = make(None, interpreter if w == 0 else None)
