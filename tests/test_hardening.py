@@ -667,3 +667,20 @@ def test_native_and_python_paths_give_identical_outputs(name, monkeypatch):
         b = python_rt.run(arg)
     for key in (a if isinstance(a, dict) else {"": a}):
         np.testing.assert_array_equal(a[key] if key else a, b[key] if key else b)
+
+
+def test_an_unreadable_dynamic_output_is_an_inference_error():
+    """Found by tools/fuzz_swap.py: two int32 fields of dynamic_batch zeroed; run() raised ValueError."""
+    data = bytearray(model_bytes("dynamic_batch"))
+    for offset in (772, 840):
+        data[offset:offset + 4] = bytes(4)
+    from tflite_hotswap import HotswapError
+    try:
+        rt = Runtime(bytes(data))
+    except HotswapError:
+        return  # refused at load: typed, fine
+    with rt:
+        try:
+            rt.run(np.ones((2, 8), np.float32))
+        except HotswapError:
+            pass

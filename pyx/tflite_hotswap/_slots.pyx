@@ -379,12 +379,13 @@ cdef class Bound:
         """A copy of an output whose shape the last invoke decided (maybe empty)."""
         try:
             return self.wrapper.GetTensor(index, self.subgraph)
-        except ValueError:
+        except ValueError as e:
             # The backends refuse to read a tensor without data: an output with
             # a zero-sized dimension (WHERE matching nothing, FILL of size 0).
             shape = [int(d) for d in self.wrapper.TensorSize(index, self.subgraph)]
             if 0 not in shape:
-                raise
+                raise InferenceError(f"the backend left output tensor {index} unreadable after "
+                                     f"invoke ({e}); expected data of shape {shape}") from e
             import numpy
             return numpy.empty(shape, numpy.dtype(self.wrapper.TensorType(index, self.subgraph)))
 
