@@ -13,8 +13,10 @@ same compiler and flags: if it links only with -latomic, the extensions get
 -latomic (set TFLITE_HOTSWAP_LIBATOMIC=1 or 0 to force either way).
 """
 
+import contextlib
 import os
 import shlex
+import sys
 import tempfile
 
 from Cython.Build import cythonize
@@ -43,9 +45,27 @@ int main(void) {
 """
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence the compiler's own output: a failing probe is an answer, not an error."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
+
+
 def _links(compiler, libraries):
     """Whether the atomics probe compiles and links into a program."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
         source = os.path.join(tmp, "atomics_probe.c")
         with open(source, "w") as f:
             f.write(ATOMICS_PROBE)

@@ -3,6 +3,7 @@
 # emulation in a Debian bookworm root (what Raspberry Pi OS is built on).
 #
 #   tools/test-arm.sh aarch64|armv7l [BACKEND...] [-- PYTEST ARGS...]
+#   tools/test-arm.sh armv6
 #
 #   aarch64  backends tflite-runtime (2.14, numpy < 2) and litert (ai-edge-litert,
 #            numpy 2), both from PyPI: what `pip install` gives on 64-bit
@@ -10,6 +11,11 @@
 #   armv7l   backend tflite-runtime only (ai-edge-litert has no armv7l wheels);
 #            numpy from Debian's python3-numpy in a --system-site-packages venv
 #            (PyPI has no armv7l numpy wheel): the 32-bit Raspberry Pi OS recipe.
+#   armv6    no emulation: the extensions cross-compiled on the host the way
+#            32-bit Raspberry Pi OS's gcc builds them (-march=armv6 -mfpu=vfp
+#            -mfloat-abi=hard), where 64-bit atomics are calls into libatomic;
+#            checks that setup.py linked -latomic so every __atomic_*_8 symbol
+#            resolves, and that the check does catch a build without it.
 #
 # Steps, each said as it starts and timed:
 #   1. host tools: qemu-user-static and debootstrap (apt), binfmt_misc mounted
@@ -41,7 +47,7 @@ set -euo pipefail
 # output binding, and the hot swap itself, on the installed wheel.
 ARM_SMOKE_TESTS="tests/test_kernels.py tests/test_bad_input.py tests/test_outputs.py tests/test_swap.py"
 
-usage() { echo "usage: $0 aarch64|armv7l [tflite-runtime|litert ...] [-- pytest args]" >&2; exit 2; }
+usage() { echo "usage: $0 aarch64|armv7l [tflite-runtime|litert ...] [-- pytest args]  |  $0 armv6" >&2; exit 2; }
 die() { echo "test-arm: $*" >&2; exit 1; }
 say() { echo "=== [arm $ARCH] $*"; }
 
@@ -57,16 +63,17 @@ case "$ARCH" in
              [ ${#BACKENDS[@]} -gt 0 ] || BACKENDS=(tflite-runtime litert) ;;
     armv7l)  DEB_ARCH=armhf; QEMU=arm; TRIPLET=arm-linux-gnueabihf
              [ ${#BACKENDS[@]} -gt 0 ] || BACKENDS=(tflite-runtime) ;;
+    armv6)   DEB_ARCH=armhf; QEMU=arm; TRIPLET=arm-linux-gnueabihf; BACKENDS=() ;;
     *) usage ;;
 esac
-for b in "${BACKENDS[@]}"; do
+for b in ${BACKENDS[@]+"${BACKENDS[@]}"}; do
     case "$ARCH/$b" in
         aarch64/tflite-runtime|aarch64/litert|armv7l/tflite-runtime) ;;
         armv7l/litert) die "ai-edge-litert has no armv7l wheels: only tflite-runtime on armv7l" ;;
         *) die "unknown backend '$b' (tflite-runtime or litert)" ;;
     esac
 done
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mount): run it with sudo"
+[ "$ARCH" = armv6 ] || [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mount): run it with sudo"
 
 source "$(dirname "$0")/env.sh"   # ROOT, PY, apt_install, build venv helpers
 CACHE="${ARM_CACHE:-$ROOT/.cache/arm}"
@@ -81,6 +88,91 @@ timed() {  # timed NAME command...: run it, remember its wall time
     "$@"
     TIMES[$name]=$((SECONDS - t0))
     say "$name: $((SECONDS - t0)) s"
+}
+
+# ------------------------------------------------- armv6: the libatomic check
+ARMV6_FLAGS="-march=armv6 -mfpu=vfp -mfloat-abi=hard -marm"
+ARMHF_LIBATOMIC=/usr/arm-linux-gnueabihf/lib/libatomic.so.1
+
+armv6_toolchain() {
+    local missing=()
+    command -v arm-linux-gnueabihf-gcc >/dev/null || missing+=(gcc-arm-linux-gnueabihf)
+    command -v arm-linux-gnueabihf-readelf >/dev/null || missing+=(binutils-arm-linux-gnueabihf)
+    [ -f "$ARMHF_LIBATOMIC" ] || missing+=(libatomic1-armhf-cross)
+    if [ ${#missing[@]} -gt 0 ]; then say "installing ${missing[*]}"; apt_install "${missing[@]}"; fi
+    # Python's armhf headers (pyconfig.h differs per arch): one .deb, fetched
+    # with a private apt configuration; the host's dpkg is left alone.
+    local dir="$CACHE/armv6" sysroot="$CACHE/armv6/sysroot"
+    [ -f "$sysroot/usr/include/arm-linux-gnueabihf/python3.11/pyconfig.h" ] && return 0
+    local apt="$dir/apt"
+    rm -rf "$apt" "$sysroot"
+    mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/debs"
+    touch "$apt/status"
+    echo "deb [arch=armhf signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm main" > "$apt/sources.list"
+    local opts=(-o APT::Architecture=armhf -o APT::Architectures::=armhf
+                -o Dir::State="$apt" -o Dir::State::status="$apt/status" -o Dir::Cache="$apt"
+                -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+                -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+    apt-get "${opts[@]}" -qq update
+    (cd "$apt/debs" && apt-get "${opts[@]}" -qq download libpython3.11-dev:armhf)
+    dpkg-deb -x "$apt"/debs/libpython3.11-dev_*_armhf.deb "$sysroot"
+}
+
+armv6_build() {  # armv6_build OUT [ENV...]: setup.py build_ext, cross, from the sdist
+    local out="$1"; shift
+    local dir="$CACHE/armv6" inc="$CACHE/armv6/sysroot/usr/include"
+    local venv="$dir/venv"
+    "$venv/bin/python" -c 'import Cython, setuptools' 2>/dev/null || {
+        rm -rf "$venv"; "$PY" -m venv "$venv"
+        "$venv/bin/pip" install -q --upgrade pip "setuptools>=77" "Cython>=3.0" wheel; }
+    rm -rf "$dir/src" "$out"
+    mkdir -p "$dir/src"
+    tar -xzf "$SDIST" -C "$dir/src" --strip-components=1
+    (cd "$dir/src" && env "$@" CC="arm-linux-gnueabihf-gcc $ARMV6_FLAGS" \
+        LDSHARED="arm-linux-gnueabihf-gcc $ARMV6_FLAGS -shared" \
+        CFLAGS="-I$inc/python3.11 -I$inc" LDFLAGS="" \
+        "$venv/bin/python" setup.py build_ext --build-lib "$out" --build-temp "$out.tmp") \
+        >"$out.log" 2>&1 || { tail -30 "$out.log" >&2; die "cross build failed: see $out.log"; }
+    grep 'tflite_hotswap:' "$out.log" || true
+}
+
+atomics_resolve() {  # atomics_resolve DIR: every 64-bit __atomic call in its .so resolves?
+    local so ok=0 defined
+    defined="$(arm-linux-gnueabihf-nm -D --defined-only "$ARMHF_LIBATOMIC" | awk '{print $3}')"
+    for so in "$1"/tflite_hotswap/*.so; do
+        local name calls
+        name="$(basename "$so")"
+        arm-linux-gnueabihf-readelf -h "$so" | grep -q 'Machine:.*ARM' || { echo "  $name: not an ARM object" >&2; ok=1; continue; }
+        calls="$(arm-linux-gnueabihf-nm -D --undefined-only "$so" | awk '{print $2}' | grep -E '^__atomic_[a-z_]+_8' || true)"
+        if [ -z "$calls" ]; then echo "  $name: no 64-bit atomic calls"; continue; fi
+        echo "  $name: calls $(echo $calls)"
+        if ! arm-linux-gnueabihf-readelf -d "$so" | grep -q 'NEEDED.*\[libatomic\.so\.1\]'; then
+            echo "  $name: ...but does not link libatomic.so.1: import fails with 'undefined symbol'" >&2; ok=1; continue
+        fi
+        local c
+        for c in $calls; do
+            grep -qx "${c%%@*}@@*LIBATOMIC_1.0" <<<"$defined" || grep -qx "${c%%@*}" <<<"$defined" \
+                || { echo "  $name: $c is not in libatomic.so.1" >&2; ok=1; }
+        done
+        echo "  $name: links libatomic.so.1, which defines them"
+    done
+    return $ok
+}
+
+armv6_check() {
+    timed "toolchain" armv6_toolchain
+    timed "sdist" make_sdist
+    say "cross-compiling for armv6 ($ARMV6_FLAGS)"
+    timed "build" armv6_build "$CACHE/armv6/out"
+    atomics_resolve "$CACHE/armv6/out" || die "armv6: 64-bit atomics do not resolve (above)"
+    # The control: the same build with libatomic withheld must fail the check,
+    # or the check proves nothing.
+    say "control: the same build with TFLITE_HOTSWAP_LIBATOMIC=0 must fail the check"
+    timed "control build" armv6_build "$CACHE/armv6/out-control" TFLITE_HOTSWAP_LIBATOMIC=0
+    if atomics_resolve "$CACHE/armv6/out-control" 2>&1; then
+        die "armv6: the control build without libatomic passed the check: the check is blind"
+    fi
+    say "armv6: 1 passed, 0 failed (libatomic linked where 64-bit atomics need it; control caught)"
 }
 
 # ------------------------------------------------------------- 1. host tools
@@ -117,14 +209,19 @@ host_tools() {
 }
 
 # ---------------------------------------------------------------- 2. the root
-# Packages in the root: Python 3.11 with venv and headers, gcc, what the tests
-# use (nginx, curl), and for armv7l Debian's numpy.
-ROOT_PACKAGES="python3,python3-venv,python3-dev,gcc,libc6-dev,ca-certificates,nginx-light,curl,procps"
+# Packages in the root: Python 3.11 with venv and headers, gcc, nginx (the
+# delivery tests serve a repository with it), and for armv7l Debian's numpy.
+# Nothing more: every package is configured under emulation (ca-certificates
+# alone takes minutes; pip brings its own CA bundle).
+ROOT_PACKAGES="python3,python3-venv,python3-dev,gcc,libc6-dev,nginx-light"
 [ "$ARCH" = armv7l ] && ROOT_PACKAGES="$ROOT_PACKAGES,python3-numpy"
 STAMP="$RFS/.tflite-hotswap-root"
 
 make_root() {
-    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$ROOT_PACKAGES" ] \
+    local have="" p missing=0
+    [ -f "$STAMP" ] && have=",$(cat "$STAMP"),"
+    for p in ${ROOT_PACKAGES//,/ }; do [[ "$have" == *",$p,"* ]] || missing=1; done
+    if [ -f "$STAMP" ] && [ $missing = 0 ] \
         && chroot "$RFS" /usr/bin/python3 -c 'import venv' 2>/dev/null; then
         say "root $RFS: cached"
         return 0
@@ -205,13 +302,14 @@ run() { in_namespace "$RFS" "$@"; }
 
 # --------------------------------------------------------------- 3. the sdist
 make_sdist() {
+    # Its own build venv: tools/test.sh may be rebuilding .venv-build meanwhile.
     ensure_python_build_deps
-    [ -x "$ROOT/.venv-build/bin/python" ] || "$PY" -m venv "$ROOT/.venv-build"
-    "$ROOT/.venv-build/bin/python" -c 'import build' 2>/dev/null \
-        || "$ROOT/.venv-build/bin/pip" install -q --upgrade pip build
+    local venv="$CACHE/venv-build"
+    "$venv/bin/python" -c 'import build' 2>/dev/null || {
+        rm -rf "$venv"; "$PY" -m venv "$venv"; "$venv/bin/pip" install -q --upgrade pip build; }
     local out="$CACHE/sdist"
     rm -rf "$out"
-    "$ROOT/.venv-build/bin/python" -m build -q --sdist --outdir "$out" "$ROOT" >/dev/null
+    "$venv/bin/python" -m build -q --sdist --outdir "$out" "$ROOT" >/dev/null
     SDIST="$(ls "$out"/tflite_hotswap-*.tar.gz)"
     # The wheel cache key: the sdist's file names and contents (not its mtimes).
     SDIST_KEY="$( (tar -tzf "$SDIST"; tar -xzOf "$SDIST") | sha256sum | cut -c1-16)"
@@ -279,6 +377,11 @@ run_tests() {  # run_tests BACKEND
         "/opt/venv-$backend/bin/pytest" -p no:cacheprovider "${PYTEST_ARGS[@]}" "${tests[@]}"
 }
 
+if [ "$ARCH" = armv6 ]; then
+    armv6_check
+    say "wall times (s): $(for k in "${!TIMES[@]}"; do printf '%s=%s; ' "$k" "${TIMES[$k]}"; done)total=$((SECONDS - START))"
+    exit 0
+fi
 timed "host tools" host_tools
 timed "debootstrap" make_root
 say "root: $(run /usr/bin/python3 -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])'), $(run /usr/bin/gcc -dumpfullversion) gcc"
