@@ -34,7 +34,8 @@
 #      x86 CPU) are gone when the run ends, whatever way it ends.
 #
 # Tests: by default the whole suite.  ARM_TESTS="..." (pytest arguments) picks
-# a subset; .ci/run uses the smoke subset ARM_SMOKE_TESTS below.  Emulation is
+# a subset; ARM_TESTS=smoke is the subset ARM_SMOKE_TESTS below, which .ci/run
+# uses.  Emulation is
 # about 100x slower than the host: wall-clock expectations in tests do not
 # hold here.
 #
@@ -278,9 +279,28 @@ arm_cpuinfo() {
     echo "Model		: Raspberry Pi 4 Model B Rev 1.4"
 }
 
+host_ca_bundle() {
+    # The CA bundle the host's pip trusts (a network may intercept TLS with its
+    # own CA, installed on the host): pip's cert setting, else the system one.
+    local cert="${PIP_CERT:-}"
+    [ -n "$cert" ] || cert="$("$PY" -m pip config get global.cert 2>/dev/null || true)"
+    [ -n "$cert" ] || cert=/etc/ssl/certs/ca-certificates.crt
+    [ -f "$cert" ] && echo "$cert"
+    return 0
+}
+
 in_namespace() {  # in_namespace ROOTFS COMMAND...: run COMMAND chrooted, private mounts
     local rfs="$1"; shift
     arm_cpuinfo > "$CACHE/cpuinfo-$ARCH"
+    local ca pip_env=()
+    ca="$(host_ca_bundle)"
+    if [ -n "$ca" ]; then
+        mkdir -p "$rfs/etc/ssl"
+        cp -L "$ca" "$rfs/etc/ssl/host-ca-bundle.crt"
+        pip_env=(PIP_CERT=/etc/ssl/host-ca-bundle.crt SSL_CERT_FILE=/etc/ssl/host-ca-bundle.crt)
+    fi
+    local index="${PIP_INDEX_URL:-$("$PY" -m pip config get global.index-url 2>/dev/null || true)}"
+    [[ "$index" == http* ]] && pip_env+=(PIP_INDEX_URL="$index")
     cp -L /etc/resolv.conf "$rfs/etc/resolv.conf" 2>/dev/null || true
     grep -qs localhost "$rfs/etc/hosts" || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n' >> "$rfs/etc/hosts"
     unshare -m --propagation private -- /bin/bash -euo pipefail -c '
@@ -296,7 +316,7 @@ in_namespace() {  # in_namespace ROOTFS COMMAND...: run COMMAND chrooted, privat
             PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off \
             ${TFLITE_HOTSWAP_BACKEND:+TFLITE_HOTSWAP_BACKEND=$TFLITE_HOTSWAP_BACKEND} \
             "$@"
-    ' in_namespace "$rfs" "$CACHE/cpuinfo-$ARCH" "$@"
+    ' in_namespace "$rfs" "$CACHE/cpuinfo-$ARCH" ${pip_env[@]+"${pip_env[@]}"} "$@"
 }
 run() { in_namespace "$RFS" "$@"; }
 
@@ -371,8 +391,9 @@ run_tests() {  # run_tests BACKEND
     rm -rf "$RFS/work/src"
     mkdir -p "$RFS/work/src"
     cp -r "$ROOT/tests" "$ROOT/README.md" "$RFS/work/src/"
-    local tests
-    read -r -a tests <<< "${ARM_TESTS:-tests}"
+    local tests spec="${ARM_TESTS:-tests}"
+    [ "$spec" = smoke ] && spec="$ARM_SMOKE_TESTS"
+    read -r -a tests <<< "$spec"
     TFLITE_HOTSWAP_BACKEND="$backend" run /bin/sh -c 'cd /work/src && exec "$@"' sh \
         "/opt/venv-$backend/bin/pytest" -p no:cacheprovider "${PYTEST_ARGS[@]}" "${tests[@]}"
 }
