@@ -46,11 +46,13 @@ set -euo pipefail
 # The smoke subset .ci/run uses (README: Testing on ARM), chosen for what ARM
 # changes: the backends' ARM wheels (backend selection, numpy pairing), output
 # binding into the interpreter's tensor memory for every dtype, the slot table's
-# atomics under concurrent swaps, and the kernels' fixed-case rounding and
-# buffer checks.  Left out: the hypothesis kernel tests (400 examples each, tens
-# of minutes under emulation), delivery/store/manifest (pure Python, nothing
-# ARM-specific) and the hardening/worker suites (timing-heavy under emulation).
-ARM_SMOKE_TESTS="tests/test_backend.py tests/test_outputs.py tests/test_swap.py
+# atomics under concurrent swaps, corrupt models refused through the isolation
+# probe (fork, pipes), and the kernels' fixed-case rounding and buffer checks.
+# About 2-4 minutes per backend under emulation.  Left out: the hypothesis
+# kernel tests (hundreds of examples each: tens of minutes under emulation),
+# delivery/store/manifest (pure Python, nothing ARM-specific) and the
+# hardening/worker suites (long waits and stress loops, ~100x slower here).
+ARM_SMOKE_TESTS="tests/test_backend.py tests/test_outputs.py tests/test_swap.py tests/test_bad_input.py
   tests/test_kernels.py::test_rounding_half_away_from_zero_and_saturation
   tests/test_kernels.py::test_kernel_rejects_bad_buffers"
 
