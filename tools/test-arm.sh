@@ -339,8 +339,11 @@ make_sdist() {
     rm -rf "$out"
     "$venv/bin/python" -m build -q --sdist --outdir "$out" "$ROOT" >/dev/null
     SDIST="$(ls "$out"/tflite_hotswap-*.tar.gz)"
-    # The wheel cache key: the sdist's file names and contents (not its mtimes).
-    SDIST_KEY="$( (tar -tzf "$SDIST"; tar -xzOf "$SDIST") | sha256sum | cut -c1-16)"
+    # The wheel cache key: the sdist's file names and contents (not its mtimes),
+    # less the README (and PKG-INFO, which embeds it): prose changes rebuild
+    # nothing, every code or build change does.
+    local prose=(--exclude='*/README.md' --exclude='*PKG-INFO')
+    SDIST_KEY="$( (tar -tzf "$SDIST" "${prose[@]}"; tar -xzOf "$SDIST" "${prose[@]}") | sha256sum | cut -c1-16)"
 }
 
 # --------------------------------------------------------------- 4. the wheel
