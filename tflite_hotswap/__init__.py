@@ -1,5 +1,6 @@
 """tflite_hotswap: run TensorFlow Lite models and replace them while inference keeps running."""
 
+from . import _extensions  # noqa: F401  (first: a missing build gives a clear error)
 from .errors import (
                      BackendError,
                      BackendNotFoundError,

@@ -42,13 +42,16 @@ ensure_test_tools() {
 
 build_wheel() {
     # One wheel for both environments: the extensions use no numpy C API.
+    # Built the way a board without a matching wheel builds it: the sdist
+    # first, then the wheel from the unpacked sdist (python -m build does both).
     if [ -z "${WHEEL:-}" ]; then
         ensure_python_build_deps
         rm -rf "$ROOT/dist"
         "$PY" -m venv "$ROOT/.venv-build"
         "$ROOT/.venv-build/bin/pip" install -q --upgrade pip build
-        "$ROOT/.venv-build/bin/python" -m build -q --wheel --outdir "$ROOT/dist" "$ROOT" >/dev/null
+        "$ROOT/.venv-build/bin/python" -m build -q --outdir "$ROOT/dist" "$ROOT" >/dev/null
         WHEEL="$(ls "$ROOT"/dist/tflite_hotswap-*.whl)"
+        SDIST="$(ls "$ROOT"/dist/tflite_hotswap-*.tar.gz)"
     fi
 }
 

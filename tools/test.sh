@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Set up both backend environments and run the whole test suite in each.
+# Set up both backend environments and run the whole test suite in each, then
+# the packaging checks: install from the sdist in a fresh venv, and the
+# developer setup (editable install, import from the repository root).
+# ARM (emulated, slow, needs root) is tools/test-arm.sh, which .ci/run runs.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 ensure_test_tools
@@ -13,4 +16,54 @@ for backend in tflite-runtime litert; do
     TFLITE_HOTSWAP_BACKEND="$backend" "$ROOT/.venv-$env_name/bin/pytest" -p no:cacheprovider "$@" tests \
         || status=$?
 done
+
+check() {  # check DESCRIPTION COMMAND...: one packaging check, counted
+    echo "=== packaging: $1"
+    shift
+    if "$@"; then checks_passed=$((checks_passed + 1)); else
+        echo "FAILED" >&2; checks_failed=$((checks_failed + 1)); status=1; fi
+}
+
+sdist_contents() {
+    # The Cython sources are in the sdist, generated C is not (it would go stale).
+    local files
+    files="$(tar -tzf "$SDIST")"
+    local f
+    for f in _slots.pyx _slots.pxd _buffers.pyx _buffers.pxd; do
+        grep -q "/pyx/tflite_hotswap/$f\$" <<<"$files" || { echo "sdist lacks pyx/tflite_hotswap/$f" >&2; return 1; }
+    done
+    if grep -E '\.(c|so)$' <<<"$files" >&2; then echo "sdist holds generated files (above)" >&2; return 1; fi
+}
+
+sdist_install() {
+    # What pip does on a board without a matching wheel: build from the sdist.
+    rm -rf "$ROOT/.venv-sdist"
+    "$PY" -m venv "$ROOT/.venv-sdist"
+    "$ROOT/.venv-sdist/bin/pip" install -q --upgrade pip
+    "$ROOT/.venv-sdist/bin/pip" install -q --no-binary tflite_hotswap "$SDIST"
+    (cd "$(mktemp -d)" && "$ROOT/.venv-sdist/bin/python" -c '
+import tflite_hotswap, tflite_hotswap._slots, tflite_hotswap._buffers
+assert "site-packages" in tflite_hotswap._slots.__file__, tflite_hotswap._slots.__file__
+print("imported", tflite_hotswap.__version__, "from", tflite_hotswap.__file__)')
+}
+
+developer_setup() {
+    # The README's developer setup: an editable install builds the extensions
+    # in place, and `import tflite_hotswap` works from the repository root.
+    rm -rf "$ROOT/.venv-dev"
+    "$PY" -m venv "$ROOT/.venv-dev"
+    "$ROOT/.venv-dev/bin/pip" install -q --upgrade pip
+    "$ROOT/.venv-dev/bin/pip" install -e "$ROOT" >"$ROOT/.venv-dev/install.log" 2>&1 \
+        || { tail -30 "$ROOT/.venv-dev/install.log" >&2; return 1; }
+    (cd "$ROOT" && "$ROOT/.venv-dev/bin/python" -c '
+import os, tflite_hotswap, tflite_hotswap._slots
+assert tflite_hotswap._slots.__file__.startswith(os.getcwd()), tflite_hotswap._slots.__file__
+print("imported from the source tree:", tflite_hotswap._slots.__file__)')
+}
+
+checks_passed=0; checks_failed=0
+check "the sdist holds .pyx/.pxd and no generated C" sdist_contents
+check "pip install from the sdist in a fresh venv, then import" sdist_install
+check "developer setup: pip install -e ., import from the repository root" developer_setup
+echo "packaging: $checks_passed passed, $checks_failed failed"
 exit $status
