@@ -14,8 +14,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_install() {
     # Debian packages the build needs that a minimal machine may lack.
     if command -v apt-get >/dev/null; then
-        as_root apt-get update -qq >/dev/null
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+        # One apt at a time: .ci/run sets up ARM beside the x86 runs.
+        as_root flock /tmp/tflite_hotswap-apt.lock apt-get update -qq >/dev/null
+        as_root flock /tmp/tflite_hotswap-apt.lock \
+            env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
     else
         echo "missing system packages ($*) and no apt-get to install them" >&2
         return 1
@@ -55,7 +57,7 @@ build_wheel() {
     fi
 }
 
-make_env() {  # make_env tflite|litert [extra pip args...]
+make_env() {  # make_env tflite|litert|tf [extra pip args...]
     local name="$1"; shift
     local venv="$ROOT/.venv-$name"
     build_wheel
@@ -63,10 +65,16 @@ make_env() {  # make_env tflite|litert [extra pip args...]
     "$venv/bin/pip" install -q --upgrade pip
     if [ "$name" = tflite ]; then
         "$venv/bin/pip" install -q --force-reinstall "$WHEEL[test]" "$@"
+    elif [ "$name" = tf ]; then
+        # TensorFlow: the tensorflow backend and make_trainable (the [convert] extra).
+        "$venv/bin/pip" install -q --force-reinstall --no-deps "$WHEEL"
+        "$venv/bin/pip" install -q tensorflow-cpu pytest pytest-benchmark hypothesis \
+            prometheus-client safetensors "$@"
     else
         # LiteRT with numpy 2: the wheel's default dependencies (tflite-runtime,
         # numpy < 2 on Python 3.11) are left out on purpose.
         "$venv/bin/pip" install -q --force-reinstall --no-deps "$WHEEL"
-        "$venv/bin/pip" install -q "numpy>=2" ai-edge-litert pytest pytest-benchmark hypothesis "$@"
+        "$venv/bin/pip" install -q "numpy>=2" ai-edge-litert pytest pytest-benchmark hypothesis \
+            prometheus-client safetensors "$@"
     fi
 }

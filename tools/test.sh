@@ -16,6 +16,12 @@ for backend in tflite-runtime litert; do
     TFLITE_HOTSWAP_BACKEND="$backend" "$ROOT/.venv-$env_name/bin/pytest" -p no:cacheprovider "$@" tests \
         || status=$?
 done
+# The tests that need TensorFlow (the tensorflow backend, make_trainable) in a
+# third environment; everywhere else they skip, saying so.
+make_env tf
+echo "=== tests that need TensorFlow (backend tensorflow)"
+TFLITE_HOTSWAP_BACKEND=tensorflow "$ROOT/.venv-tf/bin/pytest" -p no:cacheprovider "$@" \
+    tests/test_training_make.py tests/test_backend.py || status=$?
 
 check() {  # check DESCRIPTION COMMAND...: one packaging check, counted
     echo "=== packaging: $1"
