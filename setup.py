@@ -71,8 +71,10 @@ def _links(compiler, libraries):
             f.write(ATOMICS_PROBE)
         try:
             objects = compiler.compile([source], output_dir=tmp, extra_postargs=COMPILE_ARGS)
-            compiler.link_executable(objects, "atomics_probe", output_dir=tmp,
-                                     libraries=libraries, extra_postargs=COMPILE_ARGS)
+            # LDFLAGS too: setuptools gives them to shared objects only, and
+            # flags such as -fsanitize=address are needed at both steps.
+            compiler.link_executable(objects, "atomics_probe", output_dir=tmp, libraries=libraries,
+                                     extra_postargs=COMPILE_ARGS + shlex.split(os.environ.get("LDFLAGS", "")))
         except Exception:  # CompileError / LinkError, whichever distutils provides
             return False
     return True

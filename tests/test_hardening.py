@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import hashlib
 import pathlib
 import subprocess
 import sys
@@ -271,7 +272,11 @@ def test_readers_keep_running_while_a_thread_swaps_continuously():
         done.set()
         for t in readers:
             t.join()
-    assert min(counts) >= 20 * 200, counts  # a545f50: ~6 per swap per reader
+        native = rt.info.path == "native"
+    # a545f50: ~6 calls per swap per reader.  Through the Python wrapper (LiteRT)
+    # every invoke releases the GIL and the swapping thread keeps it for a switch
+    # interval (the GIL convoy), so there only progress is required.
+    assert min(counts) >= (20 if native else 1) * 200, counts
 
 
 # ------------------------------------------------ 11: unbounded waits, Ctrl+C
@@ -684,3 +689,52 @@ def test_an_unreadable_dynamic_output_is_an_inference_error():
             rt.run(np.ones((2, 8), np.float32))
         except HotswapError:
             pass
+
+
+def test_a_call_stuck_in_invoke_is_cancelled_once_its_version_is_retired(backend_name):
+    """tflite-runtime: Interpreter::SetCancellationFunction ends it; LiteRT exports none (bounded waits only)."""
+    child = _run_child("""
+        from tflite_hotswap import InferenceError
+        rt = Runtime(model_path("while_positive"), workers=1, wait_timeout=0.5, isolate=False)
+        outcome = []
+        def stuck():
+            try:
+                rt.run(np.ones(1, np.float32))
+                outcome.append("returned")
+            except InferenceError as e:
+                outcome.append("cancelled")
+        thread = threading.Thread(target=stuck, daemon=True)
+        thread.start()
+        rt.swap(model_path("while_positive"), version="next")   # retires the stuck version
+        thread.join(30 if rt.info.path == "native" else 2)      # cancelled after wait_timeout
+        print(outcome[0] if outcome else "still-stuck", rt.info.path)
+        rt.close()
+        print("closed")
+        import os; os._exit(0)
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    expected = ["cancelled", "native", "closed"] if backend_name == "tflite-runtime" \
+        else ["still-stuck", "python", "closed"]
+    assert child.stdout.split() == expected, child.stdout + child.stderr[-2000:]
+
+
+def test_resource_swap_cancels_a_stuck_call_where_the_backend_can(backend_name):
+    """Review finding: with policy="resource" one stuck call made every later swap fail."""
+    child = _run_child("""
+        from tflite_hotswap import RuntimeBusyError
+        rt = Runtime(model_path("while_positive"), workers=2, wait_timeout=0.5, isolate=False,
+                     policy="resource")
+        threading.Thread(target=rt.run, args=(np.ones(1, np.float32),), daemon=True).start()
+        import time; time.sleep(0.2)   # let the call get stuck (not a timing assertion)
+        try:
+            rt.swap(model_path("while_positive"), version="next")
+            print("swapped", rt.info.version)
+        except RuntimeBusyError:
+            print("busy", rt.info.version)
+        print("zero", rt.run(np.zeros(1, np.float32))[0])
+        import os; os._exit(0)
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    initial = hashlib.sha256(model_bytes("while_positive")).hexdigest()[:12]
+    expected = ["swapped", "next"] if backend_name == "tflite-runtime" else ["busy", initial]
+    assert child.stdout.split()[:2] == expected and child.stdout.split()[2:] == ["zero", "0.0"], child.stdout

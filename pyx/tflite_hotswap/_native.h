@@ -15,9 +15,12 @@
 #define TFLITE_HOTSWAP_NATIVE_H
 
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef int (*hs_status_method)(void *self);
+/* void Interpreter::SetCancellationFunction(void* data, bool (*check)(void*)) */
+typedef void (*hs_set_cancellation_method)(void *self, void *data, bool (*check)(void *));
 
 static inline void *hs_resolve(const char *library, const char *symbol) {
     void *handle = dlopen(library, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
@@ -30,6 +33,17 @@ static inline void *hs_resolve(const char *library, const char *symbol) {
 
 static inline int hs_call_status(void *method, void *self) {
     return ((hs_status_method)method)(self);
+}
+
+/* The interpreter asks this between operators (in every subgraph, so also in
+ * each iteration of a WHILE body): a call stuck in invoke ends with an error
+ * once its flag is set. */
+static bool hs_cancel_requested(void *flag) {
+    return __atomic_load_n((int *)flag, __ATOMIC_RELAXED) != 0;
+}
+
+static inline void hs_install_cancellation(void *method, void *self, int *flag) {
+    ((hs_set_cancellation_method)method)(self, flag, hs_cancel_requested);
 }
 
 #endif

@@ -48,6 +48,8 @@ cdef class Bound:
     cdef bint needs_bind         # a failed invoke may have moved tensor memory
     cdef void* native_self       # the C++ interpreter, for the native invoke
     cdef void* native_invoke     # tflite::impl::Interpreter::Invoke, or NULL (Python path)
+    cdef int cancel_flag         # read by the interpreter between operators when cancellable
+    cdef bint cancellable
     cdef readonly tuple shape_key
     cdef _set_kernel(self, int i, object spec)
     cdef list _by_name(self, object inputs)

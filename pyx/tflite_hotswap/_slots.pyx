@@ -31,6 +31,7 @@ import threading
 cdef extern from "_native.h":
     void* hs_resolve(const char* library, const char* symbol) nogil
     int hs_call_status(void* method, void* self) nogil
+    void hs_install_cancellation(void* method, void* self, int* flag) nogil
 
 from tflite_hotswap.errors import (InferenceError, InputError, MisuseError,
                                    ModelUnavailableError, RuntimeBusyError, RuntimeClosedError,
@@ -259,10 +260,25 @@ cdef class Bound:
             del tensor
         self.run_invoke()
 
-    def use_native(self, size_t interpreter, size_t invoke) -> None:
-        """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper)."""
+    def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0) -> None:
+        """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper).
+
+        With ``set_cancellation`` (Interpreter::SetCancellationFunction), a call
+        stuck in invoke can be ended by :meth:`cancel`.
+        """
         self.native_self = <void*>interpreter
         self.native_invoke = <void*>invoke if interpreter and self.subgraph == 0 else NULL
+        if interpreter and set_cancellation:
+            hs_install_cancellation(<void*>set_cancellation, <void*>interpreter, &self.cancel_flag)
+            self.cancellable = True
+
+    def cancel(self, bint on=True) -> bool:
+        """End a call stuck in this interpreter's invoke with an error (on=False: undo).
+
+        Returns whether this interpreter can be cancelled at all.
+        """
+        atomic_store_int(&self.cancel_flag, 1 if on else 0)
+        return self.cancellable
 
     @property
     def native(self) -> bool:
@@ -437,6 +453,10 @@ cdef class Worker:
 
     def shape_keys(self) -> list:
         return list(self.by_shape)
+
+    def cancel(self, bint on=True) -> bool:
+        """Cancel (or undo) invokes in every allocation; whether all can be cancelled."""
+        return all([bound.cancel(on) for bound in list(self.by_shape.values())])
 
     def release(self) -> None:
         for bound in self.by_shape.values():
@@ -646,6 +666,10 @@ cdef class Slot:
     def native(self) -> bool:
         """Whether every worker calls the C++ interpreter directly."""
         return all([(<Worker>w).last.native for w in self.workers])
+
+    def cancel(self, bint on=True) -> bool:
+        """Cancel (or undo) the invokes of every worker; whether all can be cancelled."""
+        return all([w.cancel(on) for w in self.workers])
 
     def workers_list(self) -> list:
         return list(self.workers)

@@ -233,5 +233,5 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
     outputs = [(spec.name, spec.index) for spec in model.contract.outputs]
     bound = Bound(interpreter, model.subgraph, inputs, outputs, model.dynamic, tuple(key or ()))
     if entry is not None:
-        bound.use_native(native.address_of(interpreter), entry.invoke)
+        bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation)
     return bound

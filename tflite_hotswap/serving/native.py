@@ -30,6 +30,7 @@ ENV_VAR = "TFLITE_HOTSWAP_NATIVE"
 # Itanium-ABI names of the no-argument methods, returning TfLiteStatus.
 _INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
 _ALLOCATE = b"_ZN6tflite4impl11Interpreter15AllocateTensorsEv"
+_SET_CANCELLATION = b"_ZN6tflite4impl11Interpreter23SetCancellationFunctionEPvPFbS2_E"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class NativeEntryPoints:
 
     invoke: int
     allocate: int
+    set_cancellation: int  # 0 where the backend lacks it: calls then cannot be cancelled
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
@@ -71,8 +73,10 @@ def _resolve(module_name: str, wrapper: Any) -> NativeEntryPoints | None:
         logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors not exported",
                     module_name)
         return None
-    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors", module_name)
-    return NativeEntryPoints(invoke, allocate)
+    set_cancellation = _slots.resolve_symbol(library, _SET_CANCELLATION)
+    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors%s", module_name,
+                " and SetCancellationFunction" if set_cancellation else "")
+    return NativeEntryPoints(invoke, allocate, set_cancellation)
 
 
 def address_of(interpreter: Any) -> int:

@@ -408,9 +408,15 @@ class Runtime(SlotTable):
         self.gap_stats = self._stats[serving.info.version]  # gap timeouts count against it
         old = self._unpublish(_slots.GAP)
         if old >= 0 and not self._reclaimer.drain(old, self.wait_timeout):
-            self._publish(old, self._take_slot(old))  # still in use: it keeps serving
-            raise RuntimeBusyError(f"swap(): calls on the serving version were still running after "
-                                   f"{self.wait_timeout:g} s; expected them to finish")
+            # Calls stuck in invoke: cancel them where the backend can, else keep serving.
+            slot = self._slot_list()[old]
+            if slot is None or not _cancel_stuck(self, old) or not self._reclaimer.drain(old, self.wait_timeout):
+                if slot is not None:
+                    slot.cancel(False)
+                self._publish(old, self._take_slot(old))  # still in use: it keeps serving
+                raise RuntimeBusyError(f"swap(): calls on the serving version were still running after "
+                                       f"{self.wait_timeout:g} s and could not be cancelled; expected "
+                                       f"them to finish")
         if old >= 0:
             # Freed here and now, before the new model is probed or loaded: the
             # point of this policy is never to hold both.  Callers are waiting
@@ -595,7 +601,8 @@ class _Reclaimer:
 
 
 def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], free: _FreeSlots) -> None:
-    pending: list[int] = []
+    pending: dict[int, float] = {}  # retired slot index -> when it was retired
+    cancelled: set[int] = set()
     stopping = False
     delay = 1e-5
     while not (stopping and not pending):
@@ -609,7 +616,7 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
             kind, item = job
             try:
                 if kind == "slot":
-                    pending.append(item)
+                    pending[item] = time.monotonic()
                 elif kind == "bound":
                     item.release()
                 else:  # "adopt": the slots of a runtime that was dropped unclosed
@@ -618,12 +625,18 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
             except Exception:
                 logger.exception("reclaimer: releasing a %s failed", kind)
             del job, item
-        delay = min(delay * 2, 1e-3) if pending else 1e-5
+        # Poll quickly while calls are leaving; slowly once only stuck ones are left.
+        stuck = any(i in cancelled for i in pending)
+        delay = min(delay * 2, 0.1 if stuck else 1e-3) if pending else 1e-5
         table = table_ref()
-        for index in list(pending):
+        for index, retired_at in list(pending.items()):
             if table is not None and table._readers(index):
+                if index not in cancelled and time.monotonic() - retired_at > table.wait_timeout:
+                    _cancel_stuck(table, index)
+                    cancelled.add(index)
                 continue
-            pending.remove(index)
+            del pending[index]
+            cancelled.discard(index)
             try:
                 slot = table._take(index) if table is not None else None
                 if slot is not None:
@@ -634,3 +647,18 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
             free.give(index)
             delay = 1e-5
         del table
+
+
+def _cancel_stuck(table: SlotTable, index: int) -> bool:
+    """Cancel the calls still running on a retired slot after ``wait_timeout``."""
+    slot = table._slot_list()[index]
+    if slot is None:
+        return False
+    if slot.cancel():
+        logger.warning("calls on retired version %s still running after %g s: cancelled",
+                       getattr(slot.info, "version", "?"), table.wait_timeout)
+        return True
+    logger.warning("calls on retired version %s still running after %g s; the backend cannot cancel "
+                   "them, so that version's memory stays until they return",
+                   getattr(slot.info, "version", "?"), table.wait_timeout)
+    return False
