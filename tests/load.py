@@ -38,3 +38,20 @@ def run_callers(rt, x, seconds: float, callers: int = 2, catch: tuple = ()) -> t
     if failures:
         raise failures[0]
     return results, errors, time.perf_counter() - started
+
+
+class Holding(dict):
+    """Inputs whose lookup blocks: the call holds its worker until ``release`` is set.
+
+    Tests wait on these events, never on wall time (under ARM emulation one
+    call can take seconds).
+    """
+
+    def __init__(self, **inputs):
+        super().__init__(**inputs)
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __getitem__(self, key):
+        self.held.set()
+        self.release.wait()
+        return super().__getitem__(key)

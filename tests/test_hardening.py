@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import model_bytes, model_path
+from load import Holding
 from tflite_hotswap import (IncompatibleModelError, InferenceError, InputError, MisuseError, Normalize,
                             Runtime, RuntimeBusyError)
 from tflite_hotswap._buffers import affine_into, gather_into
@@ -284,7 +285,7 @@ def test_readers_keep_running_while_a_thread_swaps_continuously():
 def test_wait_timeout_inf_is_no_limit():
     with Runtime(model_path("version_1"), workers=1, wait_timeout=float("inf")) as rt:
         assert rt.run(X16)["tag"][0, 0] == 1.0
-        holding = _Holding(x=X16)
+        holding = Holding(x=X16)
         holder = threading.Thread(target=rt.run, args=(holding,))
         holder.start()
         holding.held.wait()
@@ -536,19 +537,6 @@ def test_normalize_still_applies_after_the_rework():
         assert rt.run(np.ones((1, 16), np.uint8))["shifted"][0, 0] == 3.0
 
 
-class _Holding(dict):
-    """Inputs whose lookup blocks: the call holds its worker until ``release`` is set."""
-
-    def __init__(self, **inputs):
-        super().__init__(**inputs)
-        self.held, self.release = threading.Event(), threading.Event()
-
-    def __getitem__(self, key):
-        self.held.set()
-        self.release.wait()
-        return super().__getitem__(key)
-
-
 # ------------------------------------------------ 13: signal handler during swap()
 
 
@@ -588,11 +576,7 @@ def test_a_forked_child_gets_a_working_runtime():
     """Forked while another thread held the only worker: the child calls, swaps, closes."""
     child = _run_child("""
         import os
-        class Holding(dict):
-            def __init__(self, **kw):
-                super().__init__(**kw); self.held, self.release = threading.Event(), threading.Event()
-            def __getitem__(self, key):
-                self.held.set(); self.release.wait(); return super().__getitem__(key)
+        from load import Holding
         x = np.zeros((1, 16), np.float32)
         rt = Runtime(model_path("version_1"), workers=1, wait_timeout=5)
         holding = Holding(x=x)

@@ -6,26 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import model_path
+from load import Holding
 from tflite_hotswap import Runtime, RuntimeBusyError
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 96, 96, 3)).astype(np.float32)
-
-
-class Holding(dict):
-    """Inputs whose lookup blocks: the call holds its worker until ``release`` is set.
-
-    Tests wait on these events, never on wall time (under ARM emulation one
-    conv_heavy call takes seconds).
-    """
-
-    def __init__(self, **inputs):
-        super().__init__(**inputs)
-        self.held, self.release = threading.Event(), threading.Event()
-
-    def __getitem__(self, key):
-        self.held.set()
-        self.release.wait()
-        return super().__getitem__(key)
 
 
 def test_two_workers_serve_two_callers_without_waiting():
