@@ -79,5 +79,6 @@ def test_sigkill_during_rounds(tmp_path):
             if _read(store / "updater.json")["models"]["demo"]["deaths"].get(version) is None \
                     and version not in state["bad"] and not (record and record["version"] == version):
                 expected_deaths.pop(version)
-    assert killed_in_probation >= TRIALS // 10, killed_in_probation  # the kills did hit probations
+    # The kills did hit probations (how many depends on the machine: 9-30 in 100 seen).
+    assert killed_in_probation >= TRIALS // 20, killed_in_probation
     assert any(d >= 2 for d in expected_deaths.values()) or TRIALS < 30
