@@ -20,6 +20,7 @@ from importlib.resources import files
 
 import numpy as np
 import pytest
+from conftest import model_path
 
 from tflite_hotswap import Probation, Runtime, Updater
 from tflite_hotswap.delivery.repository import publish
@@ -45,11 +46,17 @@ def _loop(rt: Runtime, seconds: float) -> list[float]:
     return took
 
 
-@pytest.mark.parametrize("polling", [False, True], ids=["no-updater", "updater-1s-polls"])
+@pytest.mark.parametrize("polling", [False, True, "20mb"], ids=["no-updater", "updater-1s-polls",
+                                                               "updater-downloading-validating-20mb"])
 def test_loop_latency_with_updater(benchmark, polling):
     repo, store = _repo()
     rt = Runtime.from_store(str(store), model="demo", default=str(MODELS / "demo_v1.tflite"), default_version="v1")
     up = Updater(rt, f"file://{repo}", str(store), "demo", "bench", interval=1.0, jitter=0.0)
+    if polling == "20mb":
+        # A 20 MB version: downloaded, then validated in a child process (and
+        # refused there: its I/O contract differs from the serving model's).
+        publish(str(repo), model_path("dense_20mb"), model="demo", version="big", channel="stable",
+                allow_contract_change=True)
     if polling:
         up.start()
     took = np.array(benchmark.pedantic(_loop, args=(rt, SECONDS), rounds=1, iterations=1)) * 1e6
@@ -58,7 +65,7 @@ def test_loop_latency_with_updater(benchmark, polling):
     benchmark.extra_info.update(calls=len(took), p99_us=float(np.percentile(took, 99)),
                                 p999_us=float(np.percentile(took, 99.9)), max_us=float(took.max()),
                                 rounds=sum(up.status().rounds.values()))
-    print(f"\n{'updater' if polling else 'no updater'}: {len(took)} calls, p99 {np.percentile(took, 99):.1f} us, "
+    print(f"\n{polling or 'no updater'}: {len(took)} calls, p99 {np.percentile(took, 99):.1f} us, "
           f"p99.9 {np.percentile(took, 99.9):.1f} us, max {took.max():.0f} us, rounds {up.status().rounds}")
 
 
