@@ -721,3 +721,22 @@ def test_resource_swap_cancels_a_stuck_call_where_the_backend_can(backend_name):
     initial = hashlib.sha256(model_bytes("while_positive")).hexdigest()[:12]
     expected = ["swapped", "next"] if backend_name == "tflite-runtime" else ["busy", initial]
     assert child.stdout.split()[:2] == expected and child.stdout.split()[2:] == ["zero", "0.0"], child.stdout
+
+
+def test_an_empty_dynamic_output_of_absurd_rank_is_an_inference_error():
+    """Found by tools/fuzz_swap.py on LiteRT: fill_dynamic with a field at byte 892 set to 65536."""
+    from tflite_hotswap import HotswapError
+    data = bytearray(model_bytes("fill_dynamic"))
+    data[892:896] = (65536).to_bytes(4, "little")
+    try:
+        rt = Runtime(bytes(data))
+    except HotswapError:
+        return  # refused at load: typed, fine
+    with rt:
+        n = rt.info.inputs[0].shape[0]          # 65536 dimensions for FILL's output, all 0
+        # (All 1 instead segfaults tflite-runtime inside its own invoke: an
+        # input-dependent backend crash that no probe can foresee.)
+        try:
+            rt.run(np.zeros(n, np.int32))
+        except HotswapError:
+            pass

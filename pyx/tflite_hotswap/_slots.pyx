@@ -399,7 +399,7 @@ cdef class Bound:
             # The backends refuse to read a tensor without data: an output with
             # a zero-sized dimension (WHERE matching nothing, FILL of size 0).
             shape = [int(d) for d in self.wrapper.TensorSize(index, self.subgraph)]
-            if 0 not in shape:
+            if 0 not in shape or len(shape) > MAX_DIMS:
                 raise InferenceError(f"the backend left output tensor {index} unreadable after "
                                      f"invoke ({e}); expected data of shape {shape}") from e
             import numpy
