@@ -121,10 +121,13 @@ def same_type(src: np.dtype, dst: np.dtype) -> bool:
 
 
 def affine_reference(x: np.ndarray, a: np.ndarray, b: np.ndarray, dst_dtype: np.dtype,
-                     zero_point: float) -> np.ndarray:
-    """``float32(x) * a[j] + b[j]``, j = flat index % len(a), stored as dst_dtype."""
+                     zero_point: float, start: int = 0) -> np.ndarray:
+    """``float32(x) * a[j] + b[j]``, j = (start + flat index) % len(a), stored as dst_dtype.
+
+    The plain-numpy reference of every kernel test (test_kernels, the fuzzers).
+    """
     flat = np.ascontiguousarray(x).reshape(-1).astype(np.float32)
-    j = np.arange(flat.size) % len(a)
+    j = (start + np.arange(flat.size)) % len(a)
     with np.errstate(all="ignore"):
         v = flat * a.astype(np.float32)[j] + b.astype(np.float32)[j]
         if dst_dtype == np.float32:

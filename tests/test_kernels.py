@@ -1,6 +1,7 @@
 """Property tests of the buffer kernels against a plain numpy reference."""
 
 import numpy as np
+from fuzzing import affine_reference
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -14,18 +15,7 @@ ALL_DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.in
               np.int64, np.float16, np.float32, np.float64]
 
 
-def reference(x: np.ndarray, a: np.ndarray, b: np.ndarray, dst_dtype, zero_point: float, start: int = 0):
-    """float32(x) * a[j] + b[j] with j = (start + flat index) % len(a); then store."""
-    flat = np.ascontiguousarray(x).reshape(-1).astype(np.float32)
-    j = (start + np.arange(flat.size)) % len(a)
-    v = flat * a.astype(np.float32)[j] + b.astype(np.float32)[j]
-    if dst_dtype == np.float32:
-        return v
-    lo, hi = (-128, 127) if dst_dtype == np.int8 else (0, 255)
-    nan = np.isnan(v)
-    v = np.clip(np.where(nan, 0, v), lo, hi).astype(np.float64)
-    q = np.trunc(v + np.copysign(0.5, v))
-    return np.where(nan, zero_point, q).astype(dst_dtype)
+reference = affine_reference
 
 
 def strided_views(dtype):
