@@ -68,7 +68,7 @@ def main() -> int:
                  "test_runtime_run", "test_runtime_run_out"):
         if name in median:
             print(f"{name:<44}{median[name] * 1e6:>10.2f}")
-    swaps = [b for b in report["benchmarks"] if b["group"].startswith("swap-under-load")]
+    swaps = [b for b in report["benchmarks"] if (b["group"] or "").startswith("swap-under-load")]
     if swaps:
         keys = ["calls", "failed_calls", "swaps", "p50_us", "p99_us", "p999_us", "max_us",
                 "max_stall_per_swap_ms", "median_stall_per_swap_ms"]
