@@ -657,6 +657,41 @@ def test_native_and_python_paths_give_identical_outputs(name, monkeypatch):
         np.testing.assert_array_equal(a[key] if key else a, b[key] if key else b)
 
 
+@pytest.mark.parametrize("name, moves", [("dynamic_batch", False), ("tiny_f32", False),
+                                         ("where_dynamic", True), ("fill_dynamic", True),
+                                         ("while_positive", True)])
+def test_only_models_whose_memory_moves_are_re_read_after_invoke(name, moves):
+    """A -1 batch alone moves nothing once allocated: the static fast path (was: re-read every call)."""
+    from tflite_hotswap.serving.backend import load_backend
+    from tflite_hotswap.serving.loader import inspect_model, make_bound
+    backend = load_backend()
+    interpreter, model = inspect_model(backend, model_bytes(name), "", None, None)
+    shapes = [(3, 8)] if name == "dynamic_batch" else None
+    bound = make_bound(backend, model, None, [None] * len(model.contract.inputs),
+                       key=None if shapes is None else tuple(shapes), interpreter=interpreter)
+    bound.warm_up()
+    assert bound.moves_at_invoke is moves
+
+
+def test_a_batch_model_on_the_static_path_answers_every_batch_size_like_the_backend():
+    from tflite_hotswap import load_backend
+    rng = np.random.default_rng(3)
+    raw = load_backend().interpreter_class(model_path=model_path("dynamic_batch"))
+    index = raw.get_input_details()[0]["index"]
+    with Runtime(model_path("dynamic_batch")) as rt:
+        for n in (1, 5, 1, 2, 5, 64, 1):
+            x = rng.standard_normal((n, 8)).astype(np.float32)
+            raw.resize_tensor_input(index, [n, 8])
+            raw.allocate_tensors()
+            raw.set_tensor(index, x)
+            raw.invoke()
+            expected = raw.get_tensor(raw.get_output_details()[0]["index"])
+            np.testing.assert_array_equal(rt.run(x), expected)
+            out = np.empty_like(expected)
+            rt.run(x, out=out)
+            np.testing.assert_array_equal(out, expected)
+
+
 def test_an_unreadable_dynamic_output_is_an_inference_error():
     """Found by tools/fuzz_swap.py: two int32 fields of dynamic_batch zeroed; run() raised ValueError."""
     data = bytearray(model_bytes("dynamic_batch"))

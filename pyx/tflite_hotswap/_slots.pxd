@@ -55,6 +55,7 @@ cdef class Bound:
     cdef list _by_name(self, object inputs)
     cdef list _out_targets(self, object out)
     cdef int bind(self) except -1
+    cdef list _addresses(self)
     cdef object write_inputs(self, object inputs)
     cdef int write_batch(self, tuple samples) except -1
     cdef int run_invoke(self) except -1

@@ -43,7 +43,6 @@ class LoadedModel:
     subgraph: int
     signatures: dict[str, dict[str, list[str]]]
     contract: Contract
-    dynamic: bool
 
 
 def read_model(model: ModelSource) -> bytes:
@@ -92,14 +91,13 @@ def inspect_model(backend: Backend, data: bytes, sha256: str, num_threads: int |
             int(interpreter._interpreter.GetSubgraphIndexFromSignature(signature))
         contract = contract_of(interpreter, full, signature, subgraph)
         check_servable(contract)
-        dynamic = _has_dynamic_tensors(interpreter._interpreter, subgraph)
     except (MisuseError, InvalidModelError):
         raise
     except (ValueError, RuntimeError, IndexError, KeyError, TypeError) as e:
         raise InvalidModelError(f"{backend.name} could not read the model's tensors: {e}") from e
     signatures = {name: {"inputs": list(d["inputs"]), "outputs": list(d["outputs"])}
                   for name, d in full.items()}
-    loaded = LoadedModel(data, sha256, signature, subgraph, signatures, contract, dynamic)
+    loaded = LoadedModel(data, sha256, signature, subgraph, signatures, contract)
     return interpreter, loaded
 
 
@@ -159,17 +157,25 @@ def probe_check(backend_name: str) -> Callable[[bytes, str | None, int | None], 
     return check
 
 
-def _has_dynamic_tensors(wrapper: Any, subgraph: int) -> bool:
-    """Whether any tensor of the subgraph has a dimension of unknown size."""
+def allocated_at_invoke(wrapper: Any, subgraph: int) -> bool:
+    """Whether, after an allocation, some tensor of the subgraph still has no memory.
+
+    Such tensors (TFLite's kTfLiteDynamic: data-dependent shapes, WHILE
+    outputs) get memory during invoke, which may re-plan the arena and move
+    every tensor; without one, addresses hold until the next allocation.
+    """
     for i in range(wrapper.NumTensors(subgraph)):
         try:
-            # TensorSize raises for tensors without a shape; TensorSizeSignature
-            # would crash tflite-runtime 2.14 on those, so it is asked second.
-            wrapper.TensorSize(i, subgraph)
+            wrapper.TensorSize(i, subgraph)  # tensor() would crash tflite-runtime on shapeless ones
         except ValueError:
-            continue
-        if -1 in np.asarray(wrapper.TensorSizeSignature(i, subgraph)):
+            continue  # no shape: a delegate's own tensor, outside the arena
+        try:
+            if np.dtype(wrapper.TensorType(i, subgraph)).name not in SERVABLE_DTYPES:
+                return True  # strings, resources, variants: sized at invoke, never read raw
+            view = wrapper.tensor(wrapper, i, subgraph)
+        except (ValueError, TypeError):  # "Tensor data is null", or a type numpy lacks
             return True
+        del view  # a live view would pin the arena
     return False
 
 
@@ -231,7 +237,12 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
         prepare(interpreter, model)
     inputs = [(spec.name, spec.index, kernel) for spec, kernel in zip(model.contract.inputs, kernels)]
     outputs = [(spec.name, spec.index) for spec in model.contract.outputs]
-    bound = Bound(interpreter, model.subgraph, inputs, outputs, model.dynamic, tuple(key or ()))
+    # A -1 dimension alone moves nothing once this allocation has concrete
+    # shapes (every Keras export's batch): only a tensor that gets its memory
+    # at invoke can re-plan the arena, and with it any address.  Asked of
+    # each allocation: a new input shape can change the answer.
+    moves = allocated_at_invoke(wrapper, model.subgraph)
+    bound = Bound(interpreter, model.subgraph, inputs, outputs, moves, tuple(key or ()))
     if entry is not None:
         bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation)
     return bound
