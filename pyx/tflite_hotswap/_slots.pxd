@@ -1,4 +1,5 @@
 # Slot table: wait-free readers, lock-free publish, exact reclamation.
+from cpython.buffer cimport Py_buffer
 from cpython.pythread cimport PyThread_type_lock
 from libc.stdint cimport uint64_t
 
@@ -43,6 +44,8 @@ cdef class Bound:
     cdef tuple output_names
     cdef tuple output_indices
     cdef list output_views
+    cdef Py_buffer* output_buffers  # one held buffer per static output view (run(out=) reads these)
+    cdef int n_output_buffers
     cdef object copy_single      # output_views[0].copy, bound once (single-output models)
     cdef bint dynamic
     cdef bint needs_bind         # a failed invoke may have moved tensor memory
@@ -55,6 +58,7 @@ cdef class Bound:
     cdef list _by_name(self, object inputs)
     cdef list _out_targets(self, object out)
     cdef int bind(self) except -1
+    cdef void _drop_output_views(self) noexcept
     cdef list _addresses(self)
     cdef object write_inputs(self, object inputs)
     cdef int write_batch(self, tuple samples) except -1

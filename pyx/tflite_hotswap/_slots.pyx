@@ -174,6 +174,8 @@ cdef class Bound:
 
     def __cinit__(self):
         self.inputs = NULL
+        self.output_buffers = NULL
+        self.n_output_buffers = 0
         self.native_self = NULL
         self.native_invoke = NULL
 
@@ -211,7 +213,19 @@ cdef class Bound:
             set_affine(&self.inputs[i].kernel, a, b, lo, hi, nan_value)
 
     def __dealloc__(self):
+        self._drop_output_views()
         free(self.inputs)
+
+    cdef void _drop_output_views(self) noexcept:
+        """Release the held output buffers, then the views (before the interpreter goes)."""
+        cdef int i
+        for i in range(self.n_output_buffers):
+            PyBuffer_Release(&self.output_buffers[i])
+        free(self.output_buffers)
+        self.output_buffers = NULL
+        self.n_output_buffers = 0
+        self.output_views = None
+        self.copy_single = None
 
     cdef int bind(self) except -1:
         """Read each input tensor's address, dtype and shape; make output views."""
@@ -238,12 +252,19 @@ cdef class Bound:
                 PyBuffer_Release(&view)
             del tensor  # a live view would pin the interpreter's arena
         if not self.dynamic:
-            # Outputs of static models stay put: one view each, for the whole
-            # life of this allocation.  Invoke goes through the wrapper, which
-            # does not refuse to run while views exist.
+            # Outputs of static models stay put: one view each, and its buffer
+            # held, for the whole life of this allocation.  Invoke goes through
+            # the wrapper, which does not refuse to run while views exist.
+            self._drop_output_views()
             self.output_views = [self.wrapper.tensor(self.wrapper, i, self.subgraph)
                                  for i in self.output_indices]
             self.copy_single = self.output_views[0].copy if len(self.output_views) == 1 else None
+            self.output_buffers = <Py_buffer*>malloc(max(len(self.output_views), 1) * sizeof(Py_buffer))
+            if self.output_buffers == NULL:
+                raise MemoryError()
+            for output in self.output_views:
+                PyObject_GetBuffer(output, &self.output_buffers[self.n_output_buffers], PyBUF_RECORDS_RO)
+                self.n_output_buffers += 1
         self.needs_bind = False
         return 0
 
@@ -266,8 +287,7 @@ cdef class Bound:
             self.bind()
             if self._addresses() != before:
                 self.dynamic = True
-                self.output_views = None
-                self.copy_single = None
+                self._drop_output_views()
                 self.bind()
 
     cdef list _addresses(self):
@@ -312,8 +332,7 @@ cdef class Bound:
         """Drop views first, then the interpreter (the wrapper must outlive its views)."""
         self.native_invoke = NULL
         self.native_self = NULL
-        self.output_views = None
-        self.copy_single = None
+        self._drop_output_views()
         self.invoke = None
         self.wrapper = None
         self.interpreter = None
@@ -405,8 +424,10 @@ cdef class Bound:
             return results[0] if n == 1 else dict(zip(self.output_names, results))
         targets = [out] if n == 1 and not isinstance(out, dict) else self._out_targets(out)
         for i in range(n):
-            tensor = self.output_views[i] if not self.dynamic else \
-                self._dynamic_output(self.output_indices[i])
+            if not self.dynamic:
+                read_output(&self.output_buffers[i], targets[i], self.output_names[i])
+                continue
+            tensor = self._dynamic_output(self.output_indices[i])
             PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
             try:
                 read_output(&view, targets[i], self.output_names[i])

@@ -21,6 +21,7 @@ from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
 from ..errors import InputError, MisuseError, ModelUnavailableError, RuntimeBusyError, RuntimeClosedError
 from .backend import load_backend
 from .contract import Contract, TensorSpec, check_compatible
+from .gil import short_turns
 from .loader import LoadedModel, ModelSource, ShapeKey, check_shape_key, load_proven, make_bound, read_model
 from .preprocess import Normalize, kernel_for
 
@@ -282,7 +283,7 @@ class Runtime(SlotTable):
         if self._policy == "resource" and self._inside_call():
             raise MisuseError("swap(): called from inside a run() of this runtime (a callback or "
                               "signal handler); the resource policy would wait for that very call")
-        with self._writer("swap()"):
+        with self._writer("swap()"), short_turns():
             if self._closed:
                 raise RuntimeClosedError("the runtime is closed; expected an open runtime")
             data = read_model(model)
