@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef int (*hs_status_method)(void *self);
 /* void Interpreter::SetCancellationFunction(void* data, bool (*check)(void*)) */
@@ -44,6 +45,22 @@ static bool hs_cancel_requested(void *flag) {
 
 static inline void hs_install_cancellation(void *method, void *self, int *flag) {
     ((hs_set_cancellation_method)method)(self, flag, hs_cancel_requested);
+}
+
+/* TfLiteCustomAllocation (tensorflow/lite/core/c/common.h): memory a tensor
+ * uses instead of the arena.  Interpreter::SetCustomAllocationForTensor(int
+ * tensor_index, const TfLiteCustomAllocation&, int64_t flags) points a tensor at
+ * it: lending a caller's input array to the interpreter for one call. */
+typedef struct {
+    void *data;
+    size_t bytes;
+} hs_custom_allocation;
+typedef int (*hs_set_allocation_method)(void *self, int tensor, const hs_custom_allocation *allocation,
+                                        int64_t flags);
+
+static inline int hs_set_allocation(void *method, void *self, int tensor, void *data, size_t bytes) {
+    hs_custom_allocation allocation = {data, bytes};
+    return ((hs_set_allocation_method)method)(self, tensor, &allocation, 0);
 }
 
 #endif

@@ -23,6 +23,10 @@ cdef struct InputBinding:
     int ndim
     Py_ssize_t shape[MAX_DIMS]
     Kernel kernel
+    int tensor_index      # zero copy (native path): the tensor a caller's array is lent to
+    Py_ssize_t nbytes
+    bint lent             # lent_view is held and the tensor points into it until return_lent
+    Py_buffer lent_view
 
 cdef class LatencyStats:
     cdef uint64_t buckets[N_BUCKETS]   # successful calls only
@@ -51,6 +55,10 @@ cdef class Bound:
     cdef bint needs_bind         # a failed invoke may have moved tensor memory
     cdef void* native_self       # the C++ interpreter, for the native invoke
     cdef void* native_invoke     # tflite::impl::Interpreter::Invoke, or NULL (Python path)
+    cdef void* native_set_allocation  # Interpreter::SetCustomAllocationForTensor: zero copy, or NULL
+    cdef Py_ssize_t lend_min_bytes
+    cdef int n_lent              # inputs lent to the interpreter for the call in progress
+    cdef bint poisoned           # a lent tensor could not be taken back: serves no more calls
     cdef int cancel_flag         # read by the interpreter between operators when cancellable
     cdef bint cancellable
     cdef readonly tuple shape_key
@@ -58,6 +66,8 @@ cdef class Bound:
     cdef list _by_name(self, object inputs)
     cdef list _out_targets(self, object out)
     cdef int bind(self) except -1
+    cdef bint _lend(self, int i, object src) except -1
+    cdef int return_lent(self) except -1
     cdef void _drop_output_views(self) noexcept
     cdef list _addresses(self)
     cdef object write_inputs(self, object inputs)

@@ -23,7 +23,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport usleep
 
 from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, DT_UNKNOWN, MAX_DIMS, dtype_code,
-                                      gather_input, read_output, set_affine, write_input)
+                                      gather_input, is_contiguous, itemsize_of, read_output,
+                                      same_shape, set_affine, write_input)
 
 import collections
 import threading
@@ -32,6 +33,7 @@ cdef extern from "_native.h":
     void* hs_resolve(const char* library, const char* symbol) nogil
     int hs_call_status(void* method, void* self) nogil
     void hs_install_cancellation(void* method, void* self, int* flag) nogil
+    int hs_set_allocation(void* method, void* self, int tensor, void* data, size_t nbytes) nogil
 
 from tflite_hotswap.errors import (InferenceError, InputError, MisuseError,
                                    ModelUnavailableError, RuntimeBusyError, RuntimeClosedError,
@@ -213,7 +215,12 @@ cdef class Bound:
             set_affine(&self.inputs[i].kernel, a, b, lo, hi, nan_value)
 
     def __dealloc__(self):
+        cdef int i
         self._drop_output_views()
+        if self.inputs != NULL and not self.poisoned:
+            for i in range(self.n_inputs):
+                if self.inputs[i].lent:
+                    PyBuffer_Release(&self.inputs[i].lent_view)
         free(self.inputs)
 
     cdef void _drop_output_views(self) noexcept:
@@ -287,6 +294,7 @@ cdef class Bound:
             self.bind()
             if self._addresses() != before:
                 self.dynamic = True
+                self.native_set_allocation = NULL  # nothing is lent to memory that moves
                 self._drop_output_views()
                 self.bind()
 
@@ -298,17 +306,75 @@ cdef class Bound:
             found.extend([view.__array_interface__["data"][0] for view in self.output_views])
         return found
 
-    def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0) -> None:
+    def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0,
+                   size_t set_allocation=0, Py_ssize_t lend_min_bytes=0) -> None:
         """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper).
 
         With ``set_cancellation`` (Interpreter::SetCancellationFunction), a call
-        stuck in invoke can be ended by :meth:`cancel`.
+        stuck in invoke can be ended by :meth:`cancel`.  With ``set_allocation``
+        (Interpreter::SetCustomAllocationForTensor) and ``lend_min_bytes`` > 0,
+        an input array of at least that many bytes, already in the tensor's
+        dtype and shape, C-contiguous and 64-byte aligned, is lent to the
+        interpreter for the call instead of copied (never for a model whose
+        memory moves at invoke).
         """
+        cdef int i, d
         self.native_self = <void*>interpreter
         self.native_invoke = <void*>invoke if interpreter and self.subgraph == 0 else NULL
         if interpreter and set_cancellation:
             hs_install_cancellation(<void*>set_cancellation, <void*>interpreter, &self.cancel_flag)
             self.cancellable = True
+        self.native_set_allocation = NULL
+        if self.native_invoke != NULL and set_allocation and lend_min_bytes > 0 and not self.dynamic:
+            self.native_set_allocation = <void*>set_allocation
+            self.lend_min_bytes = lend_min_bytes
+            for i in range(self.n_inputs):
+                self.inputs[i].tensor_index = self.input_indices[i]
+                self.inputs[i].nbytes = itemsize_of(self.inputs[i].kernel.dst)
+                for d in range(self.inputs[i].ndim):
+                    self.inputs[i].nbytes *= self.inputs[i].shape[d]
+
+    cdef bint _lend(self, int i, object src) except -1:
+        """Point input i's tensor at ``src``'s memory for this call, if it fits exactly; else False."""
+        cdef InputBinding* b = &self.inputs[i]
+        cdef Py_buffer* view = &b.lent_view
+        if b.kernel.affine or b.nbytes < self.lend_min_bytes:
+            return False
+        try:
+            PyObject_GetBuffer(src, view, PyBUF_RECORDS_RO)
+        except (TypeError, BufferError, ValueError):
+            return False  # write_input raises the typed error
+        if (view.len != b.nbytes or (<size_t>view.buf) % 64 or not is_contiguous(view)
+                or dtype_code(view.format, view.itemsize) != b.kernel.dst
+                or not same_shape(view, b.shape, b.ndim)
+                or hs_set_allocation(self.native_set_allocation, self.native_self, b.tensor_index,
+                                     view.buf, <size_t>view.len) != 0):
+            PyBuffer_Release(view)
+            return False
+        b.lent = True
+        self.n_lent += 1
+        return True
+
+    cdef int return_lent(self) except -1:
+        """Point every lent tensor back at its own memory, then let go of the caller's arrays."""
+        cdef int i
+        cdef InputBinding* b
+        for i in range(self.n_inputs):
+            b = &self.inputs[i]
+            if not b.lent:
+                continue
+            if hs_set_allocation(self.native_set_allocation, self.native_self, b.tensor_index,
+                                 b.address, <size_t>b.nbytes) != 0:
+                # Cannot happen (same memory it had); never leave the tensor on
+                # an array the caller may free: keep holding it, retire this one.
+                self.native_set_allocation = NULL
+                self.poisoned = True
+                raise InferenceError(f"input {self.input_names[i]!r}: the backend refused to take back "
+                                     f"its own tensor memory after a zero-copy call")
+            b.lent = False
+            self.n_lent -= 1
+            PyBuffer_Release(&b.lent_view)
+        return 0
 
     def cancel(self, bint on=True) -> bool:
         """End a call stuck in this interpreter's invoke with an error (on=False: undo).
@@ -338,21 +404,37 @@ cdef class Bound:
         self.interpreter = None
 
     cdef object write_inputs(self, object inputs):
-        """Write the call's inputs; return None, or the inputs' shape key if it differs."""
+        """Write (or lend) the call's inputs; return None, or the inputs' shape key if it differs.
+
+        Whatever was lent is taken back (:meth:`return_lent`) when this raises
+        or returns a key; otherwise the caller takes it back after invoke.
+        """
         cdef InputBinding* b
         cdef int i
+        if self.poisoned:
+            raise InferenceError("this interpreter could not take back its input memory after a "
+                                 "zero-copy call; it serves no more calls")
         if self.needs_bind:
             self.bind()
         if self.n_inputs == 1 and not isinstance(inputs, dict):
             b = &self.inputs[0]
+            if self.native_set_allocation != NULL and self._lend(0, inputs):
+                return None
             if write_input(&b.kernel, inputs, b.shape, b.ndim, b.address, self.input_names[0]):
                 return shape_key_of([inputs], self.input_names)
             return None
         arrays = self._by_name(inputs)
-        for i in range(self.n_inputs):
-            b = &self.inputs[i]
-            if write_input(&b.kernel, arrays[i], b.shape, b.ndim, b.address, self.input_names[i]):
-                return shape_key_of(arrays, self.input_names)
+        try:
+            for i in range(self.n_inputs):
+                b = &self.inputs[i]
+                if self.native_set_allocation != NULL and self._lend(i, arrays[i]):
+                    continue
+                if write_input(&b.kernel, arrays[i], b.shape, b.ndim, b.address, self.input_names[i]):
+                    self.return_lent()
+                    return shape_key_of(arrays, self.input_names)
+        except BaseException:
+            self.return_lent()
+            raise
         return None
 
     cdef list _by_name(self, object inputs):
@@ -526,7 +608,13 @@ cdef class Worker:
             bound = self.bound_for(key)
             if bound.write_inputs(inputs) is not None:
                 raise InputError(f"inputs: shapes {key} could not be bound")
-        bound.run_invoke()
+        if bound.n_lent:
+            try:
+                bound.run_invoke()
+            finally:
+                bound.return_lent()
+        else:
+            bound.run_invoke()
         return bound.read_outputs(out)
 
     cdef object call_batch(self, object samples, object out):

@@ -244,5 +244,6 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
     moves = allocated_at_invoke(wrapper, model.subgraph)
     bound = Bound(interpreter, model.subgraph, inputs, outputs, moves, tuple(key or ()))
     if entry is not None:
-        bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation)
+        bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation,
+                         entry.set_allocation, native.lend_min_bytes())
     return bound

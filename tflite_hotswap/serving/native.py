@@ -31,6 +31,15 @@ ENV_VAR = "TFLITE_HOTSWAP_NATIVE"
 _INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
 _ALLOCATE = b"_ZN6tflite4impl11Interpreter15AllocateTensorsEv"
 _SET_CANCELLATION = b"_ZN6tflite4impl11Interpreter23SetCancellationFunctionEPvPFbS2_E"
+# SetCustomAllocationForTensor(int, const TfLiteCustomAllocation&, int64_t): int64_t
+# is `long` on 64-bit Linux ("l") and `long long` on 32-bit ARM ("x").
+_SET_ALLOCATION = tuple(b"_ZN6tflite4impl11Interpreter28SetCustomAllocationForTensorEiRK22TfLiteCustomAllocation"
+                        + suffix for suffix in (b"l", b"x"))
+
+LEND_ENV_VAR = "TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES"
+# Inputs at least this big are lent to the interpreter instead of copied: below
+# it a copy costs less than re-pointing the tensor (and XNNPACK re-reading it).
+LEND_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class NativeEntryPoints:
     invoke: int
     allocate: int
     set_cancellation: int  # 0 where the backend lacks it: calls then cannot be cancelled
+    set_allocation: int  # 0 where the backend lacks it: inputs are always copied
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
@@ -74,9 +84,21 @@ def _resolve(module_name: str, wrapper: Any) -> NativeEntryPoints | None:
                     module_name)
         return None
     set_cancellation = _slots.resolve_symbol(library, _SET_CANCELLATION)
-    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors%s", module_name,
-                " and SetCancellationFunction" if set_cancellation else "")
-    return NativeEntryPoints(invoke, allocate, set_cancellation)
+    set_allocation = next((a for a in (_slots.resolve_symbol(library, name) for name in _SET_ALLOCATION) if a), 0)
+    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors%s%s", module_name,
+                " and SetCancellationFunction" if set_cancellation else "",
+                " and SetCustomAllocationForTensor" if set_allocation else "")
+    return NativeEntryPoints(invoke, allocate, set_cancellation, set_allocation)
+
+
+def lend_min_bytes() -> int:
+    """Inputs of at least this many bytes are lent, not copied (0: never); see LEND_MIN_BYTES."""
+    value = os.environ.get(LEND_ENV_VAR)
+    try:
+        return LEND_MIN_BYTES if value is None else max(int(value), 0)
+    except ValueError:
+        logger.warning("%s=%r is not a number of bytes; using %d", LEND_ENV_VAR, value, LEND_MIN_BYTES)
+        return LEND_MIN_BYTES
 
 
 def address_of(interpreter: Any) -> int:

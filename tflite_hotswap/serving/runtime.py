@@ -639,10 +639,12 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
             del pending[index]
             cancelled.discard(index)
             try:
+                started = time.perf_counter()
                 slot = table._take(index) if table is not None else None
                 if slot is not None:
                     slot.release_all()
                 del slot
+                logger.debug("reclaimer: released slot %d in %.2f ms", index, (time.perf_counter() - started) * 1e3)
             except Exception:
                 logger.exception("reclaimer: releasing slot %d failed", index)
             free.give(index)
