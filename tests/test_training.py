@@ -345,7 +345,8 @@ def test_publish_while_serving_no_failed_no_mixed_calls(tmp_path, data):
     (x, y), (xv, yv) = data
     ckpts = Checkpoints(tmp_path)
     probe = xv[:1].copy()
-    rt = Runtime(MLP, signature="infer", checkpoints=ckpts, workers=2)
+    rt = Runtime(MLP, signature="infer", checkpoints=ckpts, workers=2, version="before")
+    assert rt.info.checkpoint is None
     tr = Trainer(MLP, checkpoints=ckpts)
     before = tr.predict(probe).tobytes()
     seen: dict[bytes, int] = {}
@@ -386,7 +387,8 @@ def test_publish_while_serving_no_failed_no_mixed_calls(tmp_path, data):
     assert set(seen) <= {before, after}, "a call returned neither the old nor the new weights' output"
     assert seen.get(after, 0) >= 100
     assert info.metrics["accuracy"] >= info.serving_metrics["accuracy"]
-    assert info.checkpoint.id == ckpts.latest().id and info.model.version.endswith(info.checkpoint.id)
+    assert info.checkpoint.id == ckpts.latest().id == info.model.checkpoint == rt.info.checkpoint
+    assert info.model.version == rt.info.version == "before"  # the version keeps its name
     assert info.metrics["accuracy"] == pytest.approx(history.epochs[-1]["val_accuracy"])
     assert rt.stats()[info.model.version].errors == 0
     rt.close()

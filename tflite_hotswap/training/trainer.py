@@ -434,7 +434,10 @@ class Trainer:
                 model with ``checkpoints=`` (the same folder).
             validate: held-out ``(features, labels)``.
             min_delta: how far the metric may fall below the serving one's.
-            version: the runtime version name (default: sha256 prefix + checkpoint id).
+            version: the runtime version name (default: the one it serves now,
+                so an :class:`~tflite_hotswap.Updater` following a repository
+                still recognises the version; ``rt.info.checkpoint`` says
+                which weights serve).
             metrics: extra metrics to store with the checkpoint.
 
         Returns:
@@ -447,7 +450,7 @@ class Trainer:
         """
         ckpts = self._need_checkpoints("publish()")
         self._need_weights("publish()")
-        served_by = getattr(rt, "_checkpoints", None)
+        served_by = getattr(rt, "checkpoints", None)
         if not isinstance(served_by, Checkpoints) or served_by.directory != ckpts.directory:
             raise MisuseError(f"publish: expected a Runtime created with checkpoints= the folder "
                               f"{ckpts.directory!r}, got {served_by!r}")
@@ -475,13 +478,13 @@ class Trainer:
         stored.update(metrics or {})
         info = ckpts.save(trained, base_sha256=self.sha256, step=self.step_count(), metrics=stored)
         try:
-            model = rt.swap(self._data, version=version or f"{self.sha256[:12]}+{info.id}")
+            model = rt.swap(self._data, version=version or rt.info.version)
         except BaseException:
             ckpts.delete(info.id)
             raise
-        if served_by.served(self.sha256) != info.id:
+        if model.checkpoint != info.id:
             logger.warning("publish: the runtime restored checkpoint %s, expected %s (another save raced?)",
-                           served_by.served(self.sha256), info.id)
+                           model.checkpoint, info.id)
         logger.info("published checkpoint %s: %s %.4f (serving had %.4f)", info.id, name, candidate[name],
                     serving[name])
         return PublishInfo(info, candidate, serving, model)
