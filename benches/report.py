@@ -39,6 +39,14 @@ RATIOS = [row for m in CALL_MODELS for row in [
      "test_fused_kernel_into_tensor[image_int8]", "ratio", ">= 4"),
     ("int8 preprocess: fused / plain copy", "test_fused_kernel_into_tensor[image_int8]",
      "test_plain_copy_of_output_bytes[image_int8]", "ratio", "<= 4"),
+    ("SignatureRunner train / Trainer.step: mlp", "test_raw_signature_runner_train[trainable_mlp]",
+     "test_trainer_step[trainable_mlp]", "ratio", ">= 1.5"),
+    ("SignatureRunner train / Trainer.step: linear", "test_raw_signature_runner_train[trainable_linear]",
+     "test_trainer_step[trainable_linear]", "ratio", ">= 1.5"),
+    ("Trainer.step - bare train invoke (us): mlp", "test_trainer_step[trainable_mlp]",
+     "test_raw_bare_train_invoke[trainable_mlp]", "diff_us", "<= 1.0"),
+    ("Trainer.step - bare train invoke (us): linear", "test_trainer_step[trainable_linear]",
+     "test_raw_bare_train_invoke[trainable_linear]", "diff_us", "<= 1.0"),
 ]
 
 
@@ -74,11 +82,24 @@ def main() -> int:
         value = median[a] / median[b] if how == "ratio" else (median[a] - median[b]) * 1e6
         print(f"{label:<56}{value:>10.2f}  {target:<8} {'yes' if _meets(value, target) else 'NO'}")
     print(f"\n{'median per call (us)':<56}{'value':>10}")
-    for name in [f"{b}[{m}]" for m in CALL_MODELS for b in (
+    for name in [*(f"{b}[{m}]" for m in CALL_MODELS for b in (
             "test_c_level_invoke", "test_raw_bare_invoke", "test_raw_set_invoke_get",
-            "test_raw_signature_runner", "test_runtime_run", "test_runtime_run_out")]:
+            "test_raw_signature_runner", "test_runtime_run", "test_runtime_run_out")),
+                 *(f"{test}[{m}]" for m in ("trainable_mlp", "trainable_linear")
+                   for test in ("test_raw_bare_train_invoke", "test_raw_signature_runner_train",
+                                "test_trainer_step"))]:
         if name in median:
             print(f"{name:<56}{median[name] * 1e6:>10.2f}")
+    turns = [b for b in report["benchmarks"] if b["group"] == "train-step-in-turns"]
+    if turns:
+        print(f"\n{'train step, timed in turns (median us)':<44}{'step':>8}{'runner':>8}{'bare':>8}"
+              f"{'runner/step':>13}{'step-bare':>11}  path")
+        for b in turns:
+            e = b["extra_info"]
+            ok = "yes" if e["runner_over_step"] >= 1.5 else "NO"
+            print(f"{b['name'][len('test_train_step_in_turns'):]:<44}{e['step_us']:>8}{e['runner_us']:>8}"
+                  f"{e['bare_invoke_us']:>8}{e['runner_over_step']:>9} ({ok}){e['step_minus_bare_us']:>9}  "
+                  f"{e['path']}")
     swaps = [b for b in report["benchmarks"] if (b["group"] or "").startswith("swap-under-load")]
     if swaps:
         keys = ["calls", "failed_calls", "swaps", "p50_us", "p99_us", "p999_us", "max_us",

@@ -87,3 +87,15 @@ def test_fetch_command_with_progress(tmp_path, capsys):
     assert main(["fetch", f"file://{repo}", str(tmp_path / "store"), "--model", "big"]) == 0
     captured = capsys.readouterr()
     assert "big v1:" in captured.out and "[###" in captured.err and "MB/s" in captured.err
+
+
+def test_a_model_with_several_signatures_is_published_with_the_one_devices_run(tmp_path, capsys):
+    repo = str(tmp_path / "repo")
+    trainable = model_path("trainable_mlp")  # train, infer, get_weights, set_weights
+    with pytest.raises(MisuseError, match="expected one of them"):
+        publish(repo, trainable, model="clf", version="v1")
+    assert main(["publish", repo, trainable, "--model", "clf", "--version", "v1", "--signature", "infer"]) == 0
+    v1 = load_manifest(repo).models["clf"].versions["v1"]
+    assert [t.name for t in v1.contract.inputs] == ["x"] and [t.name for t in v1.contract.outputs] == ["outputs"]
+    assert main(["publish", repo, trainable, "--model", "clf", "--version", "v2", "--signature", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from conftest import model_bytes, model_path
 
-from tflite_hotswap import InputError, InvalidModelError, MisuseError, Normalize, Runtime
+from tflite_hotswap import InputError, InvalidModelError, MisuseError, Normalize, Runtime, RuntimeClosedError
+from tflite_hotswap._slots import LatencyStats
+from tflite_hotswap._train import TrainStep
 from tflite_hotswap.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -21,6 +23,7 @@ from tflite_hotswap.errors import (
     ValidationFailedError,
 )
 from tflite_hotswap.training import Checkpoints, Trainer, _safetensors, batches, count_batches, one_hot
+from tflite_hotswap.training.native_step import entry_points
 
 MLP = model_path("trainable_mlp")
 
@@ -57,6 +60,15 @@ def test_loss_falls_on_a_fixed_seed(data):
         assert tr.step_count() == 4 * count_batches(320, 16)
 
 
+def test_the_linear_head_fixture_trains_too(data):
+    """tests/models/trainable_linear (8 -> 3, plain SGD: no optimizer state), the small benchmark model."""
+    (x, y), (xv, yv) = data
+    with Trainer(model_path("trainable_linear")) as tr:
+        assert sorted(tr.variables) == ["b", "train_step", "w"]
+        history = tr.fit((x, y), epochs=4, validation=(xv, yv))
+        assert history.loss[-1] < history.loss[0] and history.epochs[-1]["val_accuracy"] > 0.9
+
+
 def test_same_seed_same_weights(data):
     (x, y), _ = data
     results = []
@@ -79,6 +91,54 @@ def test_step_inputs_by_position_name_or_mapping_and_int64_labels():
             tr.step(x[:5], y[:5])
         with pytest.raises(InputError, match="by position or by name"):
             tr.step(x)
+
+
+def test_step_errors_are_typed_and_counted():
+    x, y = blobs(16, seed=3)
+    with Trainer(MLP) as tr:
+        with pytest.raises(InputError, match=r"expected inputs \['x', 'y'\] by name, got \['x', 'z'\]"):
+            tr.step(x=x, z=y)
+        with pytest.raises(InputError, match="by position or by name, got 1 by position and"):
+            tr.step(x, y=y)
+        with pytest.raises(InputError, match="expected shapes"):
+            tr.step(x, y[:8])
+        with pytest.raises(InputError):
+            tr.step(x.tolist(), "labels")  # a list is cast; a string is no int32 array
+        assert np.isfinite(tr.step(x.tolist(), y.tolist()))  # lists are cast to the tensors' dtypes
+        stats = tr.stats()
+        assert (stats["calls"], stats["caller_errors"], stats["model_errors"]) == (5, 4, 0)
+        assert tr.steps == 1
+    with pytest.raises(RuntimeClosedError):
+        tr.step(x, y)
+
+
+def test_native_and_wrapper_step_paths_train_identically(backend_name, monkeypatch, data):
+    (x, y), _ = data
+    results = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("TFLITE_HOTSWAP_NATIVE", native)
+        with Trainer(MLP) as tr:
+            results[tr.path] = (tr.fit((x, y), epochs=2, seed=3).loss, tr.weights())
+    # tflite-runtime exports SignatureRunner: the step runs natively there; LiteRT goes through its wrapper.
+    assert set(results) == ({"native", "python"} if backend_name == "tflite-runtime" else {"python"})
+    if len(results) == 2:
+        (loss_a, weights_a), (loss_b, weights_b) = results.values()
+        assert loss_a == loss_b and same(weights_a, weights_b)
+
+
+def test_native_step_falls_back_to_the_wrapper_when_the_runner_is_missing():
+    native = None
+    with Trainer(MLP) as tr:
+        native = entry_points(tr._interpreter)
+        if native is None:
+            pytest.skip("this backend exports no SignatureRunner")
+        subgraph = tr._interpreter._interpreter.GetSubgraphIndexFromSignature("train")
+        inputs = [(t.name, t.index, None, np.dtype(t.dtype)) for t in tr.contract.inputs]
+        loss = ("loss", next(t.index for t in tr.contract.outputs if t.name == "loss"))
+        step = TrainStep(tr._interpreter, subgraph, inputs, loss, threading.RLock(), LatencyStats(), native,
+                         "no_such_signature")
+        assert step.path == "python (GetSignatureRunner('no_such_signature') returned no runner)"
+        assert np.isfinite(step.step(blobs(16, seed=3), {})) and step.steps == 1
 
 
 def test_preprocess_goes_through_the_fused_kernel():
@@ -345,7 +405,8 @@ def test_publish_while_serving_no_failed_no_mixed_calls(tmp_path, data):
     (x, y), (xv, yv) = data
     ckpts = Checkpoints(tmp_path)
     probe = xv[:1].copy()
-    rt = Runtime(MLP, signature="infer", checkpoints=ckpts, workers=2)
+    rt = Runtime(MLP, signature="infer", checkpoints=ckpts, workers=2, version="before")
+    assert rt.info.checkpoint is None
     tr = Trainer(MLP, checkpoints=ckpts)
     before = tr.predict(probe).tobytes()
     seen: dict[bytes, int] = {}
@@ -386,7 +447,8 @@ def test_publish_while_serving_no_failed_no_mixed_calls(tmp_path, data):
     assert set(seen) <= {before, after}, "a call returned neither the old nor the new weights' output"
     assert seen.get(after, 0) >= 100
     assert info.metrics["accuracy"] >= info.serving_metrics["accuracy"]
-    assert info.checkpoint.id == ckpts.latest().id and info.model.version.endswith(info.checkpoint.id)
+    assert info.checkpoint.id == ckpts.latest().id == info.model.checkpoint == rt.info.checkpoint
+    assert info.model.version == rt.info.version == "before"  # the version keeps its name
     assert info.metrics["accuracy"] == pytest.approx(history.epochs[-1]["val_accuracy"])
     assert rt.stats()[info.model.version].errors == 0
     rt.close()

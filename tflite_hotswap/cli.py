@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--golden-tolerance", type=float, default=1e-5)
     p.add_argument("--allow-contract-change", action="store_true",
                    help="publish even if the I/O contract differs from the versions on the model's channels")
+    p.add_argument("--signature", help="the signature devices run (needed for a model with several, e.g. "
+                                       "infer for a trainable model)")
 
     r = sub.add_parser("repo", help="inspect a repository")
     r_sub = r.add_subparsers(dest="repo_command", required=True)
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = publish(args.repo, args.model_file, model=args.model, version=args.version,
                                channel=args.channel, rollout=args.rollout, golden=args.golden,
                                golden_tolerance=args.golden_tolerance,
-                               allow_contract_change=args.allow_contract_change)
+                               allow_contract_change=args.allow_contract_change,
+                               signature=args.signature)
             print(show(manifest))
         elif args.command == "repo":
             from .delivery.repository import load_manifest, show

@@ -3,7 +3,11 @@
 Needs TensorFlow (``pip install tensorflow-cpu``) and the package importable
 (its extensions built); the outputs are committed.  From the repository root::
 
-    PYTHONPATH=. python tools/make_trainable_models.py
+    PYTHONPATH=. python tools/make_trainable_models.py [NAME ...]
+
+(NAME: a file name without ``.tflite``, e.g. ``trainable_linear``, to rebuild
+only that one: TensorFlow releases change the bytes, and a fixture's sha256 is
+what checkpoints are bound to.)
 
 Writes:
 
@@ -12,6 +16,10 @@ Writes:
 * ``tests/models/trainable_mlp_b.tflite`` -- the same variables, other
   initial weights (a new base version whose variables match);
 * ``tests/models/trainable_wide.tflite`` -- 32 hidden units (variables differ);
+* ``tests/models/trainable_linear.tflite`` -- a linear classifier head, 8
+  features, 3 classes, plain SGD, training batch 16: the small model of the
+  training-step benchmark (personalising only the last layer over frozen
+  features is a common on-device pattern);
 * ``tests/models/trainable_flex.tflite`` -- TensorFlow's on-device training
   guide's form: train/infer/save/restore with Flex ops (tf.nn.relu,
   softmax_cross_entropy_with_logits, tf.raw_ops.Save/Restore);
@@ -23,6 +31,7 @@ Writes:
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -50,6 +59,19 @@ class MLP(tf.Module):
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         h = tf.maximum(tf.matmul(x, self.w1) + self.b1, 0.0)
         return tf.matmul(h, self.w2) + self.b2
+
+
+class Linear(tf.Module):
+    """One dense layer: a classifier head."""
+
+    def __init__(self, n_in: int, n_out: int, seed: int) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.w = tf.Variable(rng.normal(0, 1 / np.sqrt(n_in), (n_in, n_out)).astype(np.float32), name="w")
+        self.b = tf.Variable(np.zeros(n_out, np.float32), name="b")
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(x, self.w) + self.b
 
 
 class GuideModel(tf.Module):
@@ -124,23 +146,34 @@ def demo_classifier() -> bytes:
                           batch_size=32, learning_rate=0.005)
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     TESTS.mkdir(parents=True, exist_ok=True)
     def mlp(hidden: int, seed: int) -> bytes:
         return make_trainable(MLP(8, hidden, 3, seed=seed), "sparse_categorical_crossentropy", "adam",
                               input_shape=(8,), batch_size=16, learning_rate=0.01)
 
-    outputs = {
-        TESTS / "trainable_mlp.tflite": mlp(16, seed=0),
-        TESTS / "trainable_mlp_b.tflite": mlp(16, seed=1),
-        TESTS / "trainable_wide.tflite": mlp(32, seed=0),
-        TESTS / "trainable_flex.tflite": guide_flex_model(),
-        DEMO / "trainable_classifier.tflite": demo_classifier(),
+    def linear() -> bytes:
+        return make_trainable(Linear(8, 3, seed=0), "sparse_categorical_crossentropy", "sgd",
+                              input_shape=(8,), batch_size=16, learning_rate=0.05)
+
+    builders = {
+        TESTS / "trainable_mlp.tflite": lambda: mlp(16, seed=0),
+        TESTS / "trainable_mlp_b.tflite": lambda: mlp(16, seed=1),
+        TESTS / "trainable_wide.tflite": lambda: mlp(32, seed=0),
+        TESTS / "trainable_linear.tflite": linear,
+        TESTS / "trainable_flex.tflite": guide_flex_model,
+        DEMO / "trainable_classifier.tflite": demo_classifier,
     }
-    for path, data in outputs.items():
+    unknown = set(names) - {p.stem for p in builders}
+    if unknown:
+        raise SystemExit(f"unknown model(s) {sorted(unknown)}; expected some of {sorted(p.stem for p in builders)}")
+    for path, build in builders.items():
+        if names and path.stem not in names:
+            continue
+        data = build()
         path.write_bytes(data)
         print(f"{path.relative_to(ROOT)}: {len(data)} bytes")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

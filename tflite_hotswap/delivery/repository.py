@@ -79,7 +79,7 @@ def load_manifest(repo: str, *, required: bool = False) -> Manifest:
 def publish(repo: str, model_file: str, *, model: str, version: str, channel: str | None = None,
             rollout: float | None = None, golden: str | None = None,
             golden_tolerance: float = 1e-5, backend: str = "auto",
-            allow_contract_change: bool = False) -> Manifest:
+            allow_contract_change: bool = False, signature: str | None = None) -> Manifest:
     """Add ``model_file`` to the repository as ``version`` of ``model``; return the new manifest.
 
     Computes the sha256, size and I/O contract (loading the model, so a model
@@ -92,9 +92,15 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: st
     model's channels is refused unless ``allow_contract_change``: devices
     following that channel would refuse it.
 
+    ``signature`` names the signature whose contract is recorded and whose
+    inputs and outputs a golden sample holds: the one devices run (e.g.
+    ``"infer"`` for a trainable model, which also has ``train``,
+    ``get_weights`` and ``set_weights``).  None: the model's only signature.
+
     Raises:
-        MisuseError: for a bad name, a repository path that is a file, or a
-            version id that exists with different content.
+        MisuseError: for a bad name, a repository path that is a file, a
+            version id that exists with different content, or a ``signature``
+            the model lacks (or None for a model with several).
         IncompatibleModelError: if the I/O contract differs from a channel's
             version and ``allow_contract_change`` is False.
         InvalidModelError: if the model cannot be loaded.
@@ -112,7 +118,7 @@ def publish(repo: str, model_file: str, *, model: str, version: str, channel: st
     _check_folder(repo, missing_ok=True)
     data = read_model(model_file)
     chosen = load_backend(backend)
-    _, loaded, _ = load_proven(chosen, data, None, None, isolate=not chosen.verifies_models)
+    _, loaded, _ = load_proven(chosen, data, None, signature, isolate=not chosen.verifies_models)
     sha256 = loaded.sha256
     with storage_errors(f"{repo}: expected a repository folder"):
         os.makedirs(os.path.join(repo, "models", model), exist_ok=True)

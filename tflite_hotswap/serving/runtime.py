@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -55,6 +56,8 @@ class ModelInfo:
         path: ``"native"`` when calls and allocations go straight to the C++
             interpreter with the GIL released, ``"python"`` when through the
             backend's Python wrapper (see ``tflite_hotswap.serving.native``).
+        checkpoint: with ``checkpoints=``, the id of the checkpoint restored
+            into every interpreter of this version (None: its own weights).
     """
 
     version: str
@@ -69,6 +72,7 @@ class ModelInfo:
     probe_seconds: float = 0.0
     load_seconds: float = 0.0
     path: str = "python"
+    checkpoint: str | None = None
 
     @property
     def contract(self) -> Contract:
@@ -241,6 +245,11 @@ class Runtime(SlotTable):
         """Name of the backend in use."""
         return self._backend.name
 
+    @property
+    def checkpoints(self) -> Any:
+        """The :class:`~tflite_hotswap.training.Checkpoints` given as ``checkpoints=`` (or None)."""
+        return self._checkpoints
+
     def stats(self) -> dict[str, VersionStats]:
         """Per version: calls by outcome and latency percentiles since the runtime started.
 
@@ -383,13 +392,14 @@ class Runtime(SlotTable):
         kernels = self._kernels(loaded.contract)
         version = version or loaded.sha256[:12]
         stats = self._stats.get(version) or LatencyStats()
+        prepare = self._checkpoints.restorer(loaded) if self._checkpoints is not None else None
         slot = self._build_slot(loaded, kernels, stats, [k for k in keys if _fits(loaded, k)],
-                                interpreter)
+                                interpreter, prepare)
         info = ModelInfo(version, loaded.sha256, len(data), loaded.signature, loaded.signatures,
                          loaded.contract.inputs, loaded.contract.outputs, self._backend.name,
                          datetime.now(timezone.utc), probe_seconds,
                          time.perf_counter() - started - probe_seconds,
-                         "native" if slot.native else "python")
+                         "native" if slot.native else "python", getattr(prepare, "checkpoint", None))
         slot.info = info
         self._keep_stats(version, stats)
         self._publish_slot(slot)
@@ -429,8 +439,13 @@ class Runtime(SlotTable):
         except BaseException as failure:
             logger.warning("resource-policy swap failed (%s); reloading %s", failure, serving.info.version)
             try:
+                restore = self._checkpoints.restorer(serving.model) if self._checkpoints is not None else None
                 slot = self._build_slot(serving.model, serving.kernels, self._stats[serving.info.version],
-                                        [k for k in keys if _fits(serving.model, k)], None)
+                                        [k for k in keys if _fits(serving.model, k)], None, restore)
+                checkpoint = getattr(restore, "checkpoint", None)
+                if checkpoint != serving.info.checkpoint:  # a save meanwhile: say what serves now
+                    serving = _Serving(serving.model, serving.kernels,
+                                       dataclasses.replace(serving.info, checkpoint=checkpoint))
                 slot.info = serving.info
                 self._publish_slot(slot)
                 self._serving = serving
@@ -484,12 +499,14 @@ class Runtime(SlotTable):
         return [kernel_for(pre[t.name], t) if t.name in pre else None for t in contract.inputs]
 
     def _build_slot(self, model: LoadedModel, kernels: list[Any], stats: LatencyStats, keys: list[ShapeKey],
-                    interpreter: Any) -> Slot:
-        """Prepare a complete slot: every worker allocated for every known shape, warmed up."""
+                    interpreter: Any, prepare: Any = None) -> Slot:
+        """Prepare a complete slot: every worker allocated for every known shape, warmed up.
+
+        ``prepare``: the checkpoint restore hook, one per slot, so all its
+        interpreters get the same checkpoint.
+        """
         # The factory holds no reference to the runtime: an unclosed runtime
         # must be freed by reference counting, not wait for the cyclic GC.
-        # One restore hook per slot: all its interpreters get the same checkpoint.
-        prepare = self._checkpoints.restorer(model) if self._checkpoints is not None else None
         make = functools.partial(make_bound, self._backend, model, self._num_threads, kernels,
                                  prepare=prepare)
         workers = []

@@ -44,7 +44,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -341,11 +341,12 @@ class Checkpoints:
         """
         return self._served.get(base_sha256)
 
-    def restorer(self, model: Any) -> Callable[[Any, Any], None]:
+    def restorer(self, model: Any) -> Restorer:
         """The hook a :class:`~tflite_hotswap.Runtime` runs on each new interpreter of one version.
 
         The checkpoint is chosen at the first interpreter and then pinned, so
-        every interpreter of the version holds the same weights.
+        every interpreter of the version holds the same weights; the hook's
+        ``checkpoint`` attribute then says which (None: the model's own weights).
 
         Args:
             model: the runtime's ``LoadedModel`` (its sha256 and signatures).
@@ -355,21 +356,7 @@ class Checkpoints:
                 ``set_weights`` signature; FlexOpsRequiredError for the Flex form.
             CheckpointMismatchError: (from the hook) see :meth:`resolve`.
         """
-        pinned: list[Any] = []
-
-        def prepare(interpreter: Any, loaded: Any) -> None:
-            if not pinned:
-                call = weights_call(interpreter, loaded.signatures, self.names)
-                info, weights = self.resolve_and_load(loaded.sha256, call.specs())
-                pinned.append((call, weights))
-                self._served[loaded.sha256] = None if info is None else info.id
-                logger.info("runtime for %s: restoring %s", loaded.sha256[:12],
-                            f"checkpoint {info.id}" if info else "nothing (base weights)")
-            call, weights = pinned[0]
-            if weights is not None:
-                call.on(interpreter)(weights)
-
-        return prepare
+        return Restorer(self)
 
     # -------------------------------------------------------------- helpers
 
@@ -559,3 +546,31 @@ def _alive(pid: int) -> bool:
     except OSError as e:
         return e.errno == errno.EPERM
     return True
+
+
+class Restorer:
+    """Restores one checkpoint into every interpreter of one runtime version (see :meth:`Checkpoints.restorer`).
+
+    Attributes:
+        checkpoint: the id of the checkpoint restored (None: none, or not yet
+            chosen -- it is chosen at the first interpreter).
+    """
+
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self._checkpoints = checkpoints
+        self._pinned: tuple[Any, dict[str, np.ndarray] | None] | None = None
+        self.checkpoint: str | None = None
+
+    def __call__(self, interpreter: Any, loaded: Any) -> None:
+        ckpts = self._checkpoints
+        if self._pinned is None:
+            call = weights_call(interpreter, loaded.signatures, ckpts.names)
+            info, weights = ckpts.resolve_and_load(loaded.sha256, call.specs())
+            self._pinned = (call, weights)
+            self.checkpoint = None if info is None else info.id
+            ckpts._served[loaded.sha256] = self.checkpoint
+            logger.info("runtime for %s: restoring %s", loaded.sha256[:12],
+                        f"checkpoint {info.id}" if info else "nothing (base weights)")
+        call, weights = self._pinned
+        if weights is not None:
+            call.on(interpreter)(weights)

@@ -1,9 +1,12 @@
 """Trainer: runs a model's ``train`` signature on its own interpreter, saves and publishes.
 
-The training step goes through the library's serving path (the Cython slot
-table and its fused, GIL-free input kernels) on the ``train`` signature, so a
-step costs one invoke plus a few microseconds, and inputs get the same
-:class:`~tflite_hotswap.Normalize` treatment as at inference.
+A training step goes through ``TrainStep`` (``pyx/tflite_hotswap/_train.pyx``):
+inputs written by the same fused kernels as ``Runtime.run`` (so they get the
+same :class:`~tflite_hotswap.Normalize` treatment as at inference), the train
+signature invoked through tflite-runtime's C++ ``SignatureRunner`` with the GIL
+released, and the loss read in place (see :mod:`.native_step`; the backend's
+wrapper where that is not available): a step costs one invoke plus well under
+a microsecond on the native path.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from .. import _slots
 from .._buffers import affine_into
-from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
+from .._slots import LatencyStats
+from .._train import TrainStep
 from ..errors import (
     CheckpointMismatchError,
     FlexOpsRequiredError,
@@ -29,6 +32,7 @@ from ..errors import (
     InputError,
     MisuseError,
     NotTrainableError,
+    RuntimeClosedError,
     ValidationFailedError,
 )
 from ..serving.backend import load_backend
@@ -38,6 +42,7 @@ from ..serving.preprocess import Normalize, kernel_for
 from .checkpoints import CheckpointInfo, Checkpoints, check_variables, variable_differences
 from .data import batches
 from .forms import Form, SignatureCall, SignatureNames, VariableSpecs, recognise
+from .native_step import entry_points
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,6 @@ Weights = dict[str, np.ndarray]
 Callback = Union[Callable[[int, dict[str, float]], Any], Any]
 Preprocess = Union[Normalize, Mapping[str, Normalize], None]
 EVAL_CHUNK = 256
-_CLOSED: int = _slots.CLOSED
 
 
 @dataclass
@@ -83,10 +87,6 @@ class PublishInfo:
     metrics: dict[str, float]
     serving_metrics: dict[str, float]
     model: Any
-
-
-class _TrainTable(SlotTable):
-    """A slot table holding one interpreter bound to the train signature (no warm-up: it would train)."""
 
 
 class Trainer:
@@ -156,22 +156,22 @@ class Trainer:
         self._loss_name = "loss" if "loss" in outputs else outputs[0]
         self._single = len(outputs) == 1
         self._step_stats = LatencyStats()
-        self._table = _TrainTable()
-        self._table.wait_timeout = float("inf")
-        # A fixed-shape train signature runs through the slot table (zero copy); one with a
-        # dynamic batch (the guide's models) through a resizing call on the same interpreter,
-        # which holds the variables.
+        # A fixed-shape train signature runs through TrainStep (zero copy, native where the
+        # backend allows); one with a dynamic batch (the guide's models) through a resizing
+        # call on the same interpreter, which holds the variables.
+        self._fast: TrainStep | None = None
         self._resizing: SignatureCall | None = None
+        self._resizing_steps = 0
         if any(-1 in t.shape for t in self.contract.inputs):
             self._resizing = SignatureCall(interpreter, signatures, self.names.train)
         else:
-            bound = _bind(interpreter, subgraph, self.contract, self._kernels)
-            self._table._publish(0, Slot([Worker(bound, self._refuse_shape, lambda b: b.release())],
-                                         self._step_stats, None))
+            inputs = [(t.name, t.index, k, dtype)
+                      for t, k, dtype in zip(self.contract.inputs, self._kernels, self._input_dtypes)]
+            self._fast = TrainStep(interpreter, subgraph, inputs, (self._loss_name, self._loss_index()),
+                                   self._lock, self._step_stats, entry_points(interpreter), self.names.train)
         self._interpreter = interpreter
         self._signatures = signatures
         self._infer = SignatureCall(interpreter, signatures, self.names.infer)
-        self.steps = 0
         self.restored: CheckpointInfo | None = None
         self.metric = metric
         if self.form.kind == "weights":
@@ -188,8 +188,24 @@ class Trainer:
         else:
             self.variables = {}
             self.base_weights = {}
-        logger.info("trainer: %s form on %s, train inputs %s, batch size %s", self.form.kind,
-                    self._backend.name, list(self._input_names), self.batch_size)
+        logger.info("trainer: %s form on %s, train inputs %s, batch size %s, step path %s", self.form.kind,
+                    self._backend.name, list(self._input_names), self.batch_size, self.path)
+
+    @property
+    def steps(self) -> int:
+        """Train calls this trainer has run."""
+        return self._fast.steps if self._fast is not None else self._resizing_steps
+
+    @property
+    def path(self) -> str:
+        """How a step runs.
+
+        ``"native"``: through the C++ SignatureRunner, GIL released;
+        ``"python"``: through the backend's wrapper (with the reason in
+        parentheses when the native path was available but refused);
+        ``"resizing"``: a train signature without a fixed batch size.
+        """
+        return self._fast.path if self._fast is not None else "resizing"
 
     # ------------------------------------------------------------- training
 
@@ -205,7 +221,12 @@ class Trainer:
         Raises:
             InputError: wrong number, names, shapes or dtypes of inputs.
             InferenceError: if the backend fails.
+            RuntimeClosedError: after :meth:`close`.
+            FlexOpsRequiredError: for the Flex form on a backend without Flex ops.
         """
+        fast = self._fast
+        if fast is not None:
+            return fast.step(args, kwargs)
         if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
             kwargs, args = dict(args[0]), ()
         if args:
@@ -217,23 +238,23 @@ class Trainer:
             value = kwargs.get(name)
             if kernel is None and value is not None and getattr(value, "dtype", None) != dtype:
                 kwargs[name] = np.asarray(value, dtype=dtype)
+        resizing = self._resizing
+        if resizing is None or self._closed:
+            raise RuntimeClosedError("the trainer is closed; expected an open Trainer")
+        if self._preprocess is not None:
+            raise MisuseError("preprocess: needs a train signature with a fixed batch size")
         with self._lock:
-            if self._resizing is None:
-                out = self._table.run(kwargs)
-            else:
-                if self._preprocess is not None:
-                    raise MisuseError("preprocess: needs a train signature with a fixed batch size")
-                try:
-                    out = self._resizing(kwargs, resize=True)
-                except InferenceError as e:
-                    if "Select TensorFlow op" not in str(e):
-                        raise
-                    raise FlexOpsRequiredError(
-                        f"step: the {self._backend.name} backend here has no Flex delegate linked "
-                        f"(TensorFlow 2.21's tf.lite.Interpreter has none), so the ops "
-                        f"{list(self.form.flex_ops)} cannot run; expected a builtin-only model from "
-                        "make_trainable", list(self.form.flex_ops)) from e
-            self.steps += 1
+            try:
+                out = resizing(kwargs, resize=True)
+            except InferenceError as e:
+                if "Select TensorFlow op" not in str(e):
+                    raise
+                raise FlexOpsRequiredError(
+                    f"step: the {self._backend.name} backend here has no Flex delegate linked "
+                    f"(TensorFlow 2.21's tf.lite.Interpreter has none), so the ops "
+                    f"{list(self.form.flex_ops)} cannot run; expected a builtin-only model from "
+                    "make_trainable", list(self.form.flex_ops)) from e
+            self._resizing_steps += 1
         loss: Any = out if self._single else out[self._loss_name]
         return float(loss)
 
@@ -434,7 +455,10 @@ class Trainer:
                 model with ``checkpoints=`` (the same folder).
             validate: held-out ``(features, labels)``.
             min_delta: how far the metric may fall below the serving one's.
-            version: the runtime version name (default: sha256 prefix + checkpoint id).
+            version: the runtime version name (default: the one it serves now,
+                so an :class:`~tflite_hotswap.Updater` following a repository
+                still recognises the version; ``rt.info.checkpoint`` says
+                which weights serve).
             metrics: extra metrics to store with the checkpoint.
 
         Returns:
@@ -447,7 +471,7 @@ class Trainer:
         """
         ckpts = self._need_checkpoints("publish()")
         self._need_weights("publish()")
-        served_by = getattr(rt, "_checkpoints", None)
+        served_by = getattr(rt, "checkpoints", None)
         if not isinstance(served_by, Checkpoints) or served_by.directory != ckpts.directory:
             raise MisuseError(f"publish: expected a Runtime created with checkpoints= the folder "
                               f"{ckpts.directory!r}, got {served_by!r}")
@@ -475,13 +499,13 @@ class Trainer:
         stored.update(metrics or {})
         info = ckpts.save(trained, base_sha256=self.sha256, step=self.step_count(), metrics=stored)
         try:
-            model = rt.swap(self._data, version=version or f"{self.sha256[:12]}+{info.id}")
+            model = rt.swap(self._data, version=version or rt.info.version)
         except BaseException:
             ckpts.delete(info.id)
             raise
-        if served_by.served(self.sha256) != info.id:
+        if model.checkpoint != info.id:
             logger.warning("publish: the runtime restored checkpoint %s, expected %s (another save raced?)",
-                           served_by.served(self.sha256), info.id)
+                           model.checkpoint, info.id)
         logger.info("published checkpoint %s: %s %.4f (serving had %.4f)", info.id, name, candidate[name],
                     serving[name])
         return PublishInfo(info, candidate, serving, model)
@@ -499,10 +523,9 @@ class Trainer:
             if self._closed:
                 return
             self._closed = True
-            old = self._table._unpublish(_CLOSED)
-            slot = self._table._take(old) if old >= 0 else None
-            if slot is not None:
-                slot.release_all()
+            if self._fast is not None:
+                self._fast.release()
+            self._resizing = None
             self._eval = None
 
     def __enter__(self) -> Trainer:  # noqa: PYI034 -- Trainer is not meant to be subclassed
@@ -517,10 +540,8 @@ class Trainer:
 
     # -------------------------------------------------------------- helpers
 
-    def _refuse_shape(self, key: tuple[Any, ...]) -> Bound:
-        want = tuple(t.shape for t in self.contract.inputs)
-        raise InputError(f"train inputs {list(self._input_names)}: expected shapes {want} (the fixed "
-                         f"training batch size), got {key}; cut data with tflite_hotswap.training.batches")
+    def _loss_index(self) -> int:
+        return next(t.index for t in self.contract.outputs if t.name == self._loss_name)
 
     def _need_weights(self, what: str) -> None:
         if self.form.kind != "weights":
@@ -557,16 +578,6 @@ class Trainer:
                           tuple(int(d) for d in details["shape_signature"]))
         norm = pre if isinstance(pre, Normalize) else pre.get(spec.name)
         return None if norm is None else kernel_for(norm, spec)
-
-
-def _bind(interpreter: Any, subgraph: int, contract: Contract, kernels: list[Any]) -> Bound:
-    """Bind the train signature; as a dynamic model when its outputs get memory only at invoke."""
-    inputs = [(t.name, t.index, k) for t, k in zip(contract.inputs, kernels)]
-    outputs = [(t.name, t.index) for t in contract.outputs]
-    try:
-        return Bound(interpreter, subgraph, inputs, outputs, False, ())
-    except ValueError:  # "Tensor data is null": an output allocated by invoke (a variable's read)
-        return Bound(interpreter, subgraph, inputs, outputs, True, ())
 
 
 def _kernels(preprocess: Preprocess, contract: Contract) -> list[Any]:

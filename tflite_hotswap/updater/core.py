@@ -432,12 +432,14 @@ class Updater:
             report = validate(path, version=target, backend=self.runtime.backend, golden=self._golden(version),
                               serving=self.runtime.info.contract,
                               allow_contract_change=self.allow_contract_change,
-                              signature=self.runtime.info.signature, timeout=self.validation_timeout)
+                              signature=self.runtime.info.signature, timeout=self.validation_timeout,
+                              checkpoints=self.runtime.checkpoints)
         except ValidationError as e:
             timings["validation"] = time.perf_counter() - started
             return self._refuse(target, e.reason, timings, downloaded[0])
         timings["validation"] = report.seconds
-        self._emit(ev.Validated, version=target, seconds=report.seconds, golden=report.golden)
+        self._emit(ev.Validated, version=target, seconds=report.seconds, golden=report.golden,
+                   checkpoint=report.checkpoint)
         return self._swap_and_watch(target, path, st.last_known_good, timings, downloaded[0])
 
     def _download(self, version: Version, downloaded: list[int], timings: dict[str, float]) -> str:

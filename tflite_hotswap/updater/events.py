@@ -86,12 +86,17 @@ class Downloaded(Event):
 
 @dataclass(frozen=True)
 class Validated(Event):
+    """The candidate passed validation; ``checkpoint``: the personalised weights it was also run with."""
+
     version: str = ""
     seconds: float = 0.0
     golden: bool = False
+    checkpoint: str | None = None
 
     def message(self) -> str:
         what = "loads, runs and matches its golden sample" if self.golden else "loads and runs (no golden sample)"
+        if self.checkpoint is not None:
+            what += f"; with checkpoint {self.checkpoint} restored its outputs are finite"
         return f"{self.model} {self.version}: validated in {self.seconds:.2f} s: {what}"
 
 
