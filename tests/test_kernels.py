@@ -1,5 +1,7 @@
 """Property tests of the buffer kernels against a plain numpy reference."""
 
+import platform
+
 import numpy as np
 from fuzzing import affine_reference
 import pytest
@@ -7,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tflite_hotswap import InputError
-from tflite_hotswap._buffers import affine_into, gather_into
+from tflite_hotswap._buffers import affine_into, gather_into, kernel_body
 
 SRC_DTYPES = [np.uint8, np.int8, np.float32, np.float64]
 DST_DTYPES = [np.float32, np.int8, np.uint8]
@@ -112,3 +114,133 @@ def test_kernel_rejects_bad_buffers():
         affine_into(np.zeros(4, np.float32), ro)
     with pytest.raises(InputError, match="sample 1: expected shape \\(2,\\), got \\(3,\\)"):
         gather_into([np.zeros(2, np.float32), np.zeros(3, np.float32)], np.empty((2, 2), np.float32))
+
+
+# ------------------------------------------------------------- byte tables
+#
+# uint8/int8 into int8/uint8 goes through a table of the scalar kernel's
+# outputs, or a SIMD body verified against it, once the data is at least
+# TABLE_ROUNDS * 256 * period elements (period: the shortest coefficient
+# cycle, at most 64).  Every test below checks every (byte, coefficient) pair.
+
+TABLE_ROUNDS = 8
+BYTE_DTYPES = [np.uint8, np.int8]
+# The SIMD body: SSE2 is the x86-64 baseline, NEON is always on aarch64.
+SIMD = platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64")
+# A pair the SIMD rounding gets wrong (0.49999997 + 0.5 rounds up to 1 in
+# float32): any kernel holding it falls back to the table.
+NOT_SIMD = (np.float32(0.0), np.nextafter(np.float32(0.5), np.float32(0.0)))
+
+
+def every_pair(dtype, period, rounds, rng, extra=0):
+    """Whole cycles where coefficient column j holds every byte value ``rounds`` times, shuffled; then extra."""
+    values = np.arange(256, dtype=np.uint8).view(dtype)
+    cols = [rng.permutation(np.tile(values, rounds)) for _ in range(period)]
+    tail = rng.integers(0, 256, extra, dtype=np.uint8).view(dtype)
+    return np.concatenate([np.stack(cols, axis=1).reshape(-1), tail])
+
+
+def byte_coefficients(rng, period, dst_dtype):
+    """Coefficients spreading bytes over the whole destination range and past it, with exact ties."""
+    a = rng.uniform(-2.5, 2.5, period).astype(np.float32)
+    b = rng.uniform(-150, 150, period).astype(np.float32) + (0 if dst_dtype == np.int8 else 128)
+    a[::2] = np.float32(25 / 28)  # x * 25/28 + b lands on k + 0.5 for some bytes (ImageNet's G channel)
+    b[::2] = np.float32(-104.82142639160156) + (0 if dst_dtype == np.int8 else 128)
+    zero_point = float(rng.integers(-128, 128) if dst_dtype == np.int8 else rng.integers(0, 256))
+    return a, b, zero_point
+
+
+def expected_body(period, simd_ok=True):
+    if period > 64:
+        return "scalar"
+    return "simd" if SIMD and simd_ok else "table"
+
+
+@pytest.mark.parametrize("simd_ok", [True, False])
+@pytest.mark.parametrize("period", [1, 2, 3, 4, 7, 64, 65])
+@pytest.mark.parametrize("dst_dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("src_dtype", BYTE_DTYPES)
+def test_byte_table_matches_reference(src_dtype, dst_dtype, period, simd_ok):
+    rng = np.random.default_rng([period, simd_ok, np.dtype(src_dtype).num, np.dtype(dst_dtype).num])
+    a, b, zero_point = byte_coefficients(rng, period, dst_dtype)
+    if not simd_ok:
+        a[-1], b[-1] = NOT_SIMD
+    x = every_pair(src_dtype, period, TABLE_ROUNDS, rng, extra=37)  # odd: a SIMD tail and a part-cycle
+    dst = np.empty(x.size, dst_dtype)
+    assert kernel_body(x, dst, a, b, zero_point) == expected_body(period, simd_ok)
+    assert kernel_body(x[:TABLE_ROUNDS * 256 * period - 1], dst, a, b, zero_point) == "scalar"
+    affine_into(x, dst, a, b, zero_point)
+    assert dst.tobytes() == affine_reference(x, a, b, dst_dtype, zero_point).tobytes()
+    # Strided: the same table, row by row (rows of 3 and of 1 element).
+    for view in (x[::-1], x.reshape(-1, 1)[::2], x[:x.size // 3 * 3].reshape(-1, 3)[:, ::-1]):
+        dst = np.empty(view.shape, dst_dtype)
+        affine_into(view, dst, a, b, zero_point)
+        assert dst.tobytes() == affine_reference(view, a, b, dst_dtype, zero_point).tobytes()
+
+
+@pytest.mark.parametrize("simd_ok", [True, False])
+@pytest.mark.parametrize("period", [1, 3, 7, 64])
+@pytest.mark.parametrize("sample_size", [1, 5, 255, 256 * 64 + 1])
+def test_byte_table_in_gather_starts_each_sample_at_its_coefficient(period, sample_size, simd_ok):
+    """Samples start mid-cycle (j0 = i * size % period): one table for the batch, any offset."""
+    rng = np.random.default_rng([period, sample_size, simd_ok])
+    a, b, zero_point = byte_coefficients(rng, period, np.int8)
+    if not simd_ok:
+        a[-1], b[-1] = NOT_SIMD
+    rows = -(-TABLE_ROUNDS * 256 * period // sample_size) + 1
+    flat = every_pair(np.uint8, period, TABLE_ROUNDS + 1, rng, extra=rows * sample_size)[:rows * sample_size]
+    samples = list(flat.reshape(rows, sample_size))
+    samples[-1] = np.repeat(samples[-1], 2)[::2]  # same values, strided
+    dst = np.empty((rows, sample_size), np.int8)
+    gather_into(samples, dst, a, b, zero_point)
+    assert dst.tobytes() == affine_reference(np.stack(samples), a, b, np.int8, zero_point).tobytes()
+
+
+def test_byte_table_uses_the_shortest_coefficient_cycle():
+    """kernel_for repeats RGB's 3 coefficients to 48; the table needs 3 (and 8 * 256 * 3 elements)."""
+    rng = np.random.default_rng(3)
+    a, b, zero_point = byte_coefficients(rng, 3, np.int8)
+    a48, b48 = np.tile(a, 16), np.tile(b, 16)
+    x = every_pair(np.uint8, 3, TABLE_ROUNDS, rng)
+    dst = np.empty(x.size, np.int8)
+    assert kernel_body(x, dst, a48, b48, zero_point) == expected_body(3)
+    affine_into(x, dst, a48, b48, zero_point)
+    assert dst.tobytes() == affine_reference(x, a48, b48, np.int8, zero_point).tobytes()
+    # One coefficient one ulp off in the last repetition: a true cycle of 48.
+    b48[-1] = np.nextafter(b48[-1], np.float32(np.inf))
+    assert kernel_body(x, dst, a48, b48, zero_point) == "scalar"  # 8 * 256 * 48 elements needed
+    x = every_pair(np.uint8, 48, TABLE_ROUNDS, rng, extra=5)
+    dst = np.empty(x.size, np.int8)
+    assert kernel_body(x, dst, a48, b48, zero_point) == expected_body(48)
+    affine_into(x, dst, a48, b48, zero_point)
+    assert dst.tobytes() == affine_reference(x, a48, b48, np.int8, zero_point).tobytes()
+
+
+# Coefficients of every kind: ordinary, exact halves (ties), then zero, huge,
+# tiny (denormal products), infinite, NaN -- the SIMD body must agree with the
+# table on all of them or not be used.
+ordinary_coefficient = st.floats(-300, 300, width=32) | st.sampled_from([0.5, -0.5, 1.5, float(np.float32(25 / 28))])
+odd_coefficient = st.sampled_from([0.0, -0.0, 1e30, -1e30, 1e-40, np.inf, -np.inf, np.nan, float(NOT_SIMD[1])])
+coefficients = st.sampled_from([odd_coefficient | ordinary_coefficient, ordinary_coefficient])
+
+
+@settings(max_examples=60, deadline=None)
+@given(src_dtype=st.sampled_from(BYTE_DTYPES), dst_dtype=st.sampled_from([np.int8, np.uint8]),
+       period=st.integers(1, 66), data=st.data(), seed=st.integers(0, 2**32 - 1),
+       extra=st.integers(0, 130), samples=st.integers(1, 3))
+def test_byte_table_any_coefficients(src_dtype, dst_dtype, period, data, seed, extra, samples):
+    coefficient = data.draw(coefficients)
+    a = np.array(data.draw(st.lists(coefficient, min_size=period, max_size=period)), np.float32)
+    b = np.array(data.draw(st.lists(coefficient, min_size=period, max_size=period)), np.float32)
+    zero_point = float(data.draw(st.integers(-128, 127) if dst_dtype == np.int8 else st.integers(0, 255)))
+    rng = np.random.default_rng(seed)
+    x = every_pair(src_dtype, period, TABLE_ROUNDS, rng, extra=extra)
+    x = x[:x.size // samples * samples].reshape(samples, -1)
+    dst = np.empty(x.shape, dst_dtype)
+    with np.errstate(all="ignore"):
+        want = affine_reference(x, a, b, dst_dtype, zero_point).tobytes()
+    gather_into(list(x), dst, a, b, zero_point)
+    assert dst.tobytes() == want
+    dst = np.empty(x.shape, dst_dtype)
+    affine_into(x, dst, a, b, zero_point)
+    assert dst.tobytes() == want

@@ -19,3 +19,6 @@ def gather_into(samples: Sequence[Buffer], dst: Buffer, a: Sequence[float] | Non
     Raises:
         InputError: if a sample does not fit dst[i] or the row count differs.
     """
+def kernel_body(src: Buffer, dst: Buffer, a: Sequence[float], b: Sequence[float],
+                zero_point: float = ...) -> str:
+    """Which body affine_into(src, dst, a, b, zero_point) runs: "simd", "table" or "scalar" (for tests)."""

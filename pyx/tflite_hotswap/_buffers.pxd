@@ -30,7 +30,9 @@ cdef struct Kernel:
     # v = float32(x) * a[j] + b[j], j cycling over ``period`` coefficients that
     # repeat the per-channel values; float32 destinations store v, int8/uint8
     # destinations store v rounded half away from zero, saturated to [lo, hi],
-    # with NaN mapped to ``nan_value`` (the zero point).
+    # with NaN mapped to ``nan_value`` (the zero point).  From uint8/int8 into
+    # int8/uint8, large writes go through a table of those outputs (or a SIMD
+    # body checked against it): see "byte tables" in _buffers.pyx.
     bint affine
     int dst
     Py_ssize_t period

@@ -10,9 +10,15 @@ that manage their own buffers.
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int8_t, uint8_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from tflite_hotswap.errors import InputError
+
+cdef extern from "_buffers_support.h":
+    enum: HS_STEP_MAX
+    Py_ssize_t hs_affine_bytes(const uint8_t* src, Py_ssize_t n, uint8_t* dst, bint src_signed,
+                               bint dst_signed, const float* a, const float* bh, Py_ssize_t m,
+                               Py_ssize_t cycle) nogil
 
 # Copies at least this big release the GIL; smaller ones would pay more for the
 # hand-over (and risk waiting a switch interval to get it back) than they save.
@@ -171,9 +177,8 @@ cdef void _affine_from(const src_t* src, Py_ssize_t n, char* dst, const Kernel* 
         _affine_contig(src, n, <uint8_t*>dst, k, j0)
 
 
-cdef void write_contiguous(const Kernel* k, const char* src, int src_code, Py_ssize_t n,
-                           char* dst, Py_ssize_t j0) noexcept nogil:
-    """Write n contiguous, aligned source elements; j0 is the first coefficient index."""
+cdef void _scalar_contiguous(const Kernel* k, const char* src, int src_code, Py_ssize_t n,
+                             char* dst, Py_ssize_t j0) noexcept nogil:
     if not k.affine:
         memcpy(dst, src, n * itemsize_of(src_code))
     elif src_code == DT_U8:
@@ -184,6 +189,168 @@ cdef void write_contiguous(const Kernel* k, const char* src, int src_code, Py_ss
         _affine_from(<const float*>src, n, dst, k, j0)
     elif src_code == DT_F64:
         _affine_from(<const double*>src, n, dst, k, j0)
+
+
+# ---------------------------------------------------------------- byte tables
+#
+# Why: quantising is the costly part of the scalar kernel -- per element a
+# multiply, an add, NaN and range checks and a rounding, in a loop over the
+# coefficient cycle that does not vectorise for RGB's 3 (a 32x224x224x3 uint8
+# batch into int8 took 39x a plain int8 copy).  But a uint8 or int8 source has
+# only 256 values, so into int8/uint8 every output is one of 256 * period
+# bytes.  The table holds them, computed by the scalar kernel itself
+# (``_scalar_contiguous`` over a sample holding every (byte, coefficient)
+# pair), so looking them up is exact by construction (about 10x the copy).
+# On top of it, hs_affine_bytes (_buffers_support.h) computes the same
+# products with SIMD and a cheaper rounding (about 3.5x the copy); it is used
+# only when it reproduces the whole table, which makes it exact on any data
+# too.  A table is built per write call (once per gather) when the data is
+# large enough to repay its ~256 * period scalar steps.
+
+cdef enum:
+    TABLE_MAX_PERIOD = 64
+    TABLE_MIN_ROUNDS = 8  # a table pays for itself from n >= this * 256 * period
+
+
+cdef struct ByteTable:
+    int src             # the source dtype it was built for (DT_U8 or DT_I8)
+    Py_ssize_t period   # the kernel's shortest coefficient cycle (a divisor of k.period)
+    Py_ssize_t cycle    # SIMD coefficient cycle (a multiple of period and of HS_STEP_MAX); 0: no SIMD
+    const float* a      # a[m % period] for m < cycle + HS_STEP_MAX (SIMD only)
+    const float* bh     # b[m % period] + 0.5, likewise
+    uint8_t* out        # out[j * 256 + byte]: the output for that byte under coefficient j
+
+
+cdef Py_ssize_t _shortest_cycle(const Kernel* k) noexcept nogil:
+    """The shortest p dividing k.period over which the coefficients repeat, bit for bit.
+
+    Callers repeat short cycles (kernel_for makes RGB's 3 at least 48 long for
+    the scalar loop); a table needs only the short one.  0 if p would exceed
+    TABLE_MAX_PERIOD.
+    """
+    cdef Py_ssize_t p, n = k.period
+    for p in range(1, min(n, TABLE_MAX_PERIOD) + 1):
+        if n % p == 0 and memcmp(k.a, k.a + p, (n - p) * sizeof(float)) == 0 \
+                and memcmp(k.b, k.b + p, (n - p) * sizeof(float)) == 0:
+            return p
+    return 0
+
+
+cdef Py_ssize_t _gcd(Py_ssize_t x, Py_ssize_t y) noexcept nogil:
+    while y:
+        x, y = y, x % y
+    return x
+
+
+cdef ByteTable* _table_new(const Kernel* k, int src_code, Py_ssize_t n) noexcept nogil:
+    """A table for writing n elements of src_code through k, or NULL where none pays (or no memory)."""
+    cdef Kernel short
+    cdef Py_ssize_t period, size, cycle, i, j, x
+    cdef ByteTable* t
+    cdef float* coef
+    cdef uint8_t* sample
+    if not (k.affine and (k.dst == DT_I8 or k.dst == DT_U8) and (src_code == DT_U8 or src_code == DT_I8)
+            and n >= TABLE_MIN_ROUNDS * 256):
+        return NULL
+    period = _shortest_cycle(k)
+    size = 256 * period
+    if period == 0 or n < TABLE_MIN_ROUNDS * size:
+        return NULL
+    short = k[0]
+    short.period = period
+    cycle = period * HS_STEP_MAX // _gcd(period, HS_STEP_MAX)
+    t = <ByteTable*>malloc(sizeof(ByteTable) + 2 * (cycle + HS_STEP_MAX) * sizeof(float) + size)
+    sample = <uint8_t*>malloc(3 * size)
+    if t == NULL or sample == NULL:
+        free(t)
+        free(sample)
+        return NULL
+    coef = <float*>(t + 1)
+    for i in range(cycle + HS_STEP_MAX):
+        coef[i] = k.a[i % period]
+        coef[cycle + HS_STEP_MAX + i] = k.b[i % period] + <float>0.5
+    t.src = src_code
+    t.period = period
+    t.a = coef
+    t.bh = coef + cycle + HS_STEP_MAX
+    t.out = <uint8_t*>(coef + 2 * (cycle + HS_STEP_MAX))
+    # Every (byte, j) pair once: sample[x * period + j] = x meets coefficient j.
+    for x in range(256):
+        for j in range(period):
+            sample[x * period + j] = <uint8_t>x
+    _scalar_contiguous(&short, <const char*>sample, src_code, size, <char*>(sample + size), 0)
+    for x in range(256):
+        for j in range(period):
+            t.out[j * 256 + x] = sample[size + x * period + j]
+    t.cycle = cycle if (
+        hs_affine_bytes(sample, size, sample + 2 * size, src_code == DT_I8, k.dst == DT_I8, t.a, t.bh,
+                        0, cycle) == size
+        and memcmp(sample + size, sample + 2 * size, size) == 0) else 0
+    free(sample)
+    return t
+
+
+cdef void _lookup(const uint8_t* table, Py_ssize_t period, const uint8_t* src, Py_ssize_t n,
+                  uint8_t* dst, Py_ssize_t j) noexcept nogil:
+    """dst[i] = table[j * 256 + src[i]], j wrapping at the period."""
+    cdef Py_ssize_t i = 0, jj
+    cdef const uint8_t* t1
+    cdef const uint8_t* t2
+    # Head: up to the start of a coefficient cycle.
+    while j != 0 and i < n:
+        dst[i] = table[j * 256 + src[i]]
+        i += 1
+        j += 1
+        if j == period:
+            j = 0
+    # Whole cycles (grey and RGB unrolled: a loop of one or three trips costs more
+    # than the lookups), then what is left of one.
+    if period == 1:
+        while i + 4 <= n:
+            dst[i] = table[src[i]]
+            dst[i + 1] = table[src[i + 1]]
+            dst[i + 2] = table[src[i + 2]]
+            dst[i + 3] = table[src[i + 3]]
+            i += 4
+    elif period == 3:
+        t1 = table + 256
+        t2 = table + 512
+        while i + 6 <= n:
+            dst[i] = table[src[i]]
+            dst[i + 1] = t1[src[i + 1]]
+            dst[i + 2] = t2[src[i + 2]]
+            dst[i + 3] = table[src[i + 3]]
+            dst[i + 4] = t1[src[i + 4]]
+            dst[i + 5] = t2[src[i + 5]]
+            i += 6
+    while i + period <= n:
+        for jj in range(period):
+            dst[i + jj] = table[jj * 256 + src[i + jj]]
+        i += period
+    for jj in range(n - i):
+        dst[i + jj] = table[jj * 256 + src[i + jj]]
+
+
+cdef void _write_contiguous(const Kernel* k, const ByteTable* t, const char* src, int src_code,
+                            Py_ssize_t n, char* dst, Py_ssize_t j0) noexcept nogil:
+    cdef Py_ssize_t done = 0
+    if t == NULL or t.src != src_code:
+        _scalar_contiguous(k, src, src_code, n, dst, j0)
+        return
+    j0 %= t.period
+    if t.cycle:
+        done = hs_affine_bytes(<const uint8_t*>src, n, <uint8_t*>dst, src_code == DT_I8,
+                               k.dst == DT_I8, t.a, t.bh, j0, t.cycle)
+    _lookup(t.out, t.period, <const uint8_t*>src + done, n - done, <uint8_t*>dst + done,
+            (j0 + done) % t.period)
+
+
+cdef void write_contiguous(const Kernel* k, const char* src, int src_code, Py_ssize_t n,
+                           char* dst, Py_ssize_t j0) noexcept nogil:
+    """Write n contiguous, aligned source elements; j0 is the first coefficient index."""
+    cdef ByteTable* t = _table_new(k, src_code, n)
+    _write_contiguous(k, t, src, src_code, n, dst, j0)
+    free(t)
 
 
 cdef inline float _load(const char* p, int code) noexcept nogil:
@@ -205,14 +372,22 @@ cdef inline float _load(const char* p, int code) noexcept nogil:
     return <float>f64
 
 
-cdef void _write_row(const Kernel* k, const char* src, int src_code, Py_ssize_t stride,
-                     Py_ssize_t n, char* dst, Py_ssize_t j) noexcept nogil:
+cdef void _write_row(const Kernel* k, const ByteTable* t, const char* src, int src_code,
+                     Py_ssize_t stride, Py_ssize_t n, char* dst, Py_ssize_t j) noexcept nogil:
     """One row of a strided source, element by element."""
     cdef Py_ssize_t i, isz = itemsize_of(src_code)
     cdef float v
     if not k.affine:
         for i in range(n):
             memcpy(dst + i * isz, src + i * stride, isz)
+        return
+    if t != NULL and t.src == src_code:
+        j %= t.period
+        for i in range(n):
+            (<uint8_t*>dst)[i] = t.out[j * 256 + (<const uint8_t*>src)[i * stride]]
+            j += 1
+            if j == t.period:
+                j = 0
         return
     for i in range(n):
         v = _load(src + i * stride, src_code) * k.a[j] + k.b[j]
@@ -227,22 +402,27 @@ cdef void _write_row(const Kernel* k, const char* src, int src_code, Py_ssize_t 
             j = 0
 
 
-cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
-                Py_ssize_t j0) noexcept nogil:
-    """Write a whole source buffer, in C order, to dst (contiguous, k.dst typed)."""
-    cdef Py_ssize_t n = 1, rows, inner, r, offset, period = k.period if k.affine else 1
+cdef Py_ssize_t _elements(const Py_buffer* view) noexcept nogil:
+    cdef Py_ssize_t n = 1
+    cdef int d
+    for d in range(view.ndim):
+        n *= view.shape[d]
+    return n
+
+
+cdef void _write(const Kernel* k, const ByteTable* t, const Py_buffer* src, int src_code, char* dst,
+                 Py_ssize_t j0) noexcept nogil:
+    cdef Py_ssize_t n = _elements(src), rows, inner, r, offset, period = k.period if k.affine else 1
     cdef Py_ssize_t idx[MAX_DIMS]
     cdef Py_ssize_t dst_step = itemsize_of(k.dst)
     cdef int d, ndim = src.ndim
-    for d in range(ndim):
-        n *= src.shape[d]
     if n == 0:
         return
     if is_contiguous(src):
-        write_contiguous(k, <const char*>src.buf, src_code, n, dst, j0)
+        _write_contiguous(k, t, <const char*>src.buf, src_code, n, dst, j0)
         return
     if ndim == 0:  # a single unaligned element
-        _write_row(k, <const char*>src.buf, src_code, src.itemsize, 1, dst, j0)
+        _write_row(k, t, <const char*>src.buf, src_code, src.itemsize, 1, dst, j0)
         return
     inner = src.shape[ndim - 1]
     rows = n // inner
@@ -250,7 +430,7 @@ cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
         idx[d] = 0
     offset = 0
     for r in range(rows):
-        _write_row(k, <const char*>src.buf + offset, src_code, src.strides[ndim - 1], inner,
+        _write_row(k, t, <const char*>src.buf + offset, src_code, src.strides[ndim - 1], inner,
                    dst + r * inner * dst_step, (j0 + r * inner) % period)
         # Odometer over the outer dimensions, keeping the byte offset current.
         d = ndim - 2
@@ -262,6 +442,14 @@ cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
             offset -= idx[d] * src.strides[d]
             idx[d] = 0
             d -= 1
+
+
+cdef void write(const Kernel* k, const Py_buffer* src, int src_code, char* dst,
+                Py_ssize_t j0) noexcept nogil:
+    """Write a whole source buffer, in C order, to dst (contiguous, k.dst typed)."""
+    cdef ByteTable* t = _table_new(k, src_code, _elements(src))
+    _write(k, t, src, src_code, dst, j0)
+    free(t)
 
 
 # ------------------------------------------------------- checked entry points
@@ -349,6 +537,7 @@ cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_s
     cdef Py_ssize_t n = len(samples), i, got = 0, elems = 1
     cdef Py_ssize_t dst_step
     cdef int d
+    cdef ByteTable* table
     cdef Py_buffer* views = <Py_buffer*>malloc(max(n, 1) * sizeof(Py_buffer))
     cdef int* codes = <int*>malloc(max(n, 1) * sizeof(int))
     if views == NULL or codes == NULL:
@@ -367,9 +556,12 @@ cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_s
                 raise InputError(f"input {name!r}, sample {i}: expected shape "
                                  f"{_shape_str(sample_shape, ndim)}, got {shape_of(&views[i])}")
         with nogil:
+            # One table for the whole batch (samples of another dtype go without).
+            table = _table_new(k, codes[0], n * elems) if n else NULL
             for i in range(n):
-                write(k, &views[i], codes[i], dst + i * dst_step,
-                      (i * elems) % k.period if k.affine else 0)
+                _write(k, table, &views[i], codes[i], dst + i * dst_step,
+                       (i * elems) % k.period if k.affine else 0)
+            free(table)
         return 0
     finally:
         for i in range(got):
@@ -511,3 +703,28 @@ def gather_into(samples, dst, a=None, b=None, zero_point=0.0) -> None:
         gather_input(&(<_Coefficients>c).k, snapshot, dv.shape + 1, dv.ndim - 1, <char*>dv.buf, "samples")
     finally:
         PyBuffer_Release(&dv)
+
+
+def kernel_body(src, dst, a, b, zero_point=0.0) -> str:
+    """Which body ``affine_into(src, dst, a, b, zero_point)`` runs (for tests).
+
+    "simd" (the SIMD body, verified against the byte table), "table" (byte
+    table lookups) or "scalar" (the element-by-element kernel).
+    """
+    cdef Py_buffer sv, dv
+    cdef const Kernel* k
+    cdef ByteTable* t
+    _writable(dst, &dv)
+    try:
+        c = _Coefficients(dtype_code(dv.format, dv.itemsize), a, b, zero_point)
+    finally:
+        PyBuffer_Release(&dv)
+    k = &(<_Coefficients>c).k
+    acquire(src, &sv, "src")
+    try:
+        t = _table_new(k, check_dtype(k, &sv, "src"), _elements(&sv))
+    finally:
+        PyBuffer_Release(&sv)
+    body = "scalar" if t == NULL else "simd" if t.cycle else "table"
+    free(t)
+    return body
