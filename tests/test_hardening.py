@@ -692,6 +692,68 @@ def test_a_batch_model_on_the_static_path_answers_every_batch_size_like_the_back
             np.testing.assert_array_equal(out, expected)
 
 
+def _aligned(shape, dtype, misalign=0):
+    """A C-contiguous array at a 64-byte boundary (plus ``misalign`` bytes)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(n + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + misalign
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
+def _runtimes(monkeypatch, name):
+    """(a runtime lending every fitting input, one always copying) for ``name``."""
+    monkeypatch.setenv("TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES", "0")
+    copying = Runtime(model_path(name))
+    monkeypatch.setenv("TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES", "1")
+    return Runtime(model_path(name)), copying
+
+
+def test_zero_copy_lends_where_the_backend_can(backend_name, monkeypatch):
+    from tflite_hotswap.serving.backend import load_backend
+    from tflite_hotswap.serving.loader import inspect_model, make_bound
+    monkeypatch.setenv("TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES", "1")
+    backend = load_backend()
+    for name, lends in (("tiny_f32", backend_name == "tflite-runtime"), ("where_dynamic", False)):
+        interpreter, model = inspect_model(backend, model_bytes(name), "", None, None)
+        bound = make_bound(backend, model, None, [None], interpreter=interpreter)
+        bound.warm_up()
+        assert bound.lends is lends, name
+
+
+def test_zero_copy_gives_the_copy_paths_outputs_and_takes_its_memory_back(monkeypatch):
+    """Lent, copied, lent again: a tensor left on a lent array would answer for the wrong input."""
+    rng = np.random.default_rng(11)
+    lending, copying = _runtimes(monkeypatch, "tiny_f32")
+    with lending, copying:
+        for i in range(300):
+            x = _aligned((1, 4), np.float32, misalign=4 * (i % 3 == 2))  # every third one cannot be lent
+            x[...] = rng.standard_normal((1, 4))
+            before = x.copy()
+            np.testing.assert_array_equal(lending.run(x), copying.run(x))
+            np.testing.assert_array_equal(x, before)  # the caller's array is only read
+            del x  # freed right away: a tensor still pointing at it would read freed memory (ASan)
+
+
+def test_zero_copy_takes_memory_back_when_a_later_input_is_refused(monkeypatch):
+    lending, copying = _runtimes(monkeypatch, "multi_io")
+    with lending, copying:
+        specs = list(lending.info.inputs)
+        first, second = (spec.name for spec in specs)
+        for scale in (1.0, 2.0, 3.0):
+            arrays = {spec.name: _aligned(spec.shape, spec.dtype) for spec in specs}
+            for array in arrays.values():
+                array[...] = scale
+            with pytest.raises(InputError):  # the first input lent, then the second refused
+                lending.run({first: arrays[first], second: np.zeros(specs[1].shape, np.float64)})
+            arrays[first][...] = -99.0  # what a tensor left on the lent array would read
+            copied = {spec.name: _aligned(spec.shape, spec.dtype, misalign=4) for spec in specs}  # copied in
+            for array in copied.values():
+                array[...] = scale
+            got, expected = lending.run(copied), copying.run(copied)
+            for key in expected:
+                np.testing.assert_array_equal(got[key], expected[key])
+
+
 def test_an_unreadable_dynamic_output_is_an_inference_error():
     """Found by tools/fuzz_swap.py: two int32 fields of dynamic_batch zeroed; run() raised ValueError."""
     data = bytearray(model_bytes("dynamic_batch"))

@@ -385,6 +385,11 @@ cdef class Bound:
         return self.cancellable
 
     @property
+    def lends(self) -> bool:
+        """Whether big enough, fitting input arrays are lent to the interpreter instead of copied."""
+        return self.native_set_allocation != NULL
+
+    @property
     def moves_at_invoke(self) -> bool:
         """Whether invoke may move tensor memory, so addresses are re-read after each call."""
         return self.dynamic
@@ -793,11 +798,6 @@ cdef class Slot:
         finally:
             PyThread_release_lock(self.qlock)
         return 0
-
-    @property
-    def moves_at_invoke(self) -> bool:
-        """Whether invoke may move tensor memory, so addresses are re-read after each call."""
-        return self.dynamic
 
     @property
     def native(self) -> bool:
