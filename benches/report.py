@@ -35,6 +35,8 @@ RATIOS = [row for m in CALL_MODELS for row in [
      "test_fused_kernel_into_tensor[image_f32]", "ratio", ">= 4"),
     ("float32 preprocess: fused / plain copy", "test_fused_kernel_into_tensor[image_f32]",
      "test_plain_copy_of_output_bytes[image_f32]", "ratio", "<= 1"),
+    ("run() of a 19 MB float32 batch: lent / copied", "test_run_big_input[lent]",
+     "test_run_big_input[copied]", "ratio", "<= 1"),
     ("int8 preprocess: numpy idiom / fused", "test_numpy_idiom_then_set_tensor[image_int8]",
      "test_fused_kernel_into_tensor[image_int8]", "ratio", ">= 4"),
     ("int8 preprocess: fused / plain copy", "test_fused_kernel_into_tensor[image_int8]",

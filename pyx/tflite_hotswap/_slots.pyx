@@ -35,7 +35,7 @@ cdef extern from "_native.h":
     void hs_install_cancellation(void* method, void* self, int* flag) nogil
     int hs_set_allocation(void* method, void* self, int tensor, void* data, size_t nbytes) nogil
 
-from tflite_hotswap.errors import (InferenceError, InputError, MisuseError,
+from tflite_hotswap.errors import (InferenceError, InputError, InvalidModelError, MisuseError,
                                    ModelUnavailableError, RuntimeBusyError, RuntimeClosedError,
                                    UnsupportedModelError)
 
@@ -276,10 +276,11 @@ cdef class Bound:
         return 0
 
     def warm_up(self) -> None:
-        """Zero the inputs and invoke once (first-call work happens here, not in a call).
+        """Zero the inputs, invoke once and read the outputs (first-call work happens here).
 
         Raises:
-            InferenceError: if the backend fails to run the model.
+            InvalidModelError: if the backend fails to run the model or leaves
+                an output unreadable: no call could succeed on it.
         """
         cdef int i
         for i in range(self.n_inputs):
@@ -287,7 +288,11 @@ cdef class Bound:
             tensor.fill(0)
             del tensor
         before = self._addresses()
-        self.run_invoke()
+        try:
+            self.run_invoke()
+            self.read_outputs(None)
+        except InferenceError as e:
+            raise InvalidModelError(f"the model failed its warm-up call on zeros: {e}") from e
         if not self.dynamic:
             # The loader judged that nothing moves at invoke; check it once here,
             # where being wrong costs nothing.

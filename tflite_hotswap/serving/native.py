@@ -55,40 +55,57 @@ class NativeEntryPoints:
 _resolved: dict[str, NativeEntryPoints | None] = {}
 
 
-def entry_points(interpreter: Any) -> NativeEntryPoints | None:
-    """The native entry points for interpreters of ``interpreter``'s backend, or None.
+def backend_library(interpreter: Any) -> str | None:
+    """The file of the extension module behind ``interpreter``, where native calls are resolved.
 
-    None when disabled by ``TFLITE_HOTSWAP_NATIVE=0``, when the wrapper gives
-    no interpreter address, or when the module lacks a symbol.
+    None when disabled by ``TFLITE_HOTSWAP_NATIVE=0``, or when the wrapper
+    gives no interpreter address or its module no file.
     """
     if os.environ.get(ENV_VAR, "1") == "0":
         return None
     wrapper = interpreter._interpreter
-    module_name = type(wrapper).__module__
-    if module_name not in _resolved:
-        _resolved[module_name] = _resolve(module_name, wrapper)
-    return _resolved[module_name]
-
-
-def _resolve(module_name: str, wrapper: Any) -> NativeEntryPoints | None:
-    module = sys.modules.get(module_name)
-    library = getattr(module, "__file__", None)
+    library = getattr(sys.modules.get(type(wrapper).__module__), "__file__", None)
     if library is None or not callable(getattr(wrapper, "interpreter", None)):
-        logger.info("native path unavailable for %s: no extension file or interpreter address",
-                    module_name)
         return None
+    return str(library)
+
+
+def entry_points(interpreter: Any) -> NativeEntryPoints | None:
+    """The native entry points for interpreters of ``interpreter``'s backend, or None.
+
+    None when :func:`backend_library` is None or the module lacks a symbol.
+    """
+    library = backend_library(interpreter)
+    if library is None:
+        return None
+    if library not in _resolved:
+        _resolved[library] = _resolve(library)
+    return _resolved[library]
+
+
+def _resolve(library: str) -> NativeEntryPoints | None:
     invoke = _slots.resolve_symbol(library, _INVOKE)
     allocate = _slots.resolve_symbol(library, _ALLOCATE)
     if not (invoke and allocate):
         logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors not exported",
-                    module_name)
+                    library)
         return None
     set_cancellation = _slots.resolve_symbol(library, _SET_CANCELLATION)
     set_allocation = next((a for a in (_slots.resolve_symbol(library, name) for name in _SET_ALLOCATION) if a), 0)
-    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors%s%s", module_name,
+    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors%s%s", library,
                 " and SetCancellationFunction" if set_cancellation else "",
                 " and SetCustomAllocationForTensor" if set_allocation else "")
     return NativeEntryPoints(invoke, allocate, set_cancellation, set_allocation)
+
+
+def address_of(interpreter: Any) -> int:
+    """The C++ interpreter's address."""
+    return int(interpreter._interpreter.interpreter())
+
+
+def allocate(native: NativeEntryPoints, interpreter: Any) -> int:
+    """``Interpreter::AllocateTensors()`` with the GIL released; returns the TfLiteStatus."""
+    return int(_slots.call_status_nogil(native.allocate, address_of(interpreter)))
 
 
 def lend_min_bytes() -> int:
@@ -100,12 +117,3 @@ def lend_min_bytes() -> int:
         logger.warning("%s=%r is not a number of bytes; using %d", LEND_ENV_VAR, value, LEND_MIN_BYTES)
         return LEND_MIN_BYTES
 
-
-def address_of(interpreter: Any) -> int:
-    """The C++ interpreter's address."""
-    return int(interpreter._interpreter.interpreter())
-
-
-def allocate(native: NativeEntryPoints, interpreter: Any) -> int:
-    """``Interpreter::AllocateTensors()`` with the GIL released; returns the TfLiteStatus."""
-    return int(_slots.call_status_nogil(native.allocate, address_of(interpreter)))

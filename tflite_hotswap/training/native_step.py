@@ -15,12 +15,10 @@ wrapper, and ``Trainer.path`` says which.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from typing import Any
 
 from .. import _slots
-from ..serving.native import ENV_VAR, address_of
+from ..serving.native import address_of, backend_library
 
 logger = logging.getLogger(__name__)
 
@@ -36,30 +34,22 @@ _resolved: dict[str, tuple[int, int, int, int] | None] = {}
 def entry_points(interpreter: Any) -> tuple[int, int, int, int, int] | None:
     """(interpreter address, GetSignatureRunner, Invoke, input_tensor, output_tensor), or None.
 
-    None when disabled by ``TFLITE_HOTSWAP_NATIVE=0``, when the wrapper gives
-    no interpreter address, or when the backend's module lacks a symbol.
+    None when :func:`~tflite_hotswap.serving.native.backend_library` is None
+    or the backend's module lacks a symbol.
     """
-    if os.environ.get(ENV_VAR, "1") == "0":
+    library = backend_library(interpreter)
+    if library is None:
         return None
-    wrapper = interpreter._interpreter
-    module_name = type(wrapper).__module__
-    if module_name not in _resolved:
-        _resolved[module_name] = _resolve(module_name, wrapper)
-    found = _resolved[module_name]
-    if found is None:
-        return None
-    return (address_of(interpreter), *found)
+    if library not in _resolved:
+        _resolved[library] = _resolve(library)
+    found = _resolved[library]
+    return None if found is None else (address_of(interpreter), *found)
 
 
-def _resolve(module_name: str, wrapper: Any) -> tuple[int, int, int, int] | None:
-    library = getattr(sys.modules.get(module_name), "__file__", None)
-    if library is None or not callable(getattr(wrapper, "interpreter", None)):
-        logger.info("native train step unavailable for %s: no extension file or interpreter address",
-                    module_name)
-        return None
+def _resolve(library: str) -> tuple[int, int, int, int] | None:
     found = tuple(_slots.resolve_symbol(library, name) for name in (_GET_RUNNER, _INVOKE, _INPUT, _OUTPUT))
     if not all(found):
-        logger.info("native train step unavailable for %s: SignatureRunner methods not exported", module_name)
+        logger.info("native train step unavailable for %s: SignatureRunner methods not exported", library)
         return None
-    logger.info("native train step: %s exports Interpreter::GetSignatureRunner and SignatureRunner", module_name)
+    logger.info("native train step: %s exports Interpreter::GetSignatureRunner and SignatureRunner", library)
     return found[0], found[1], found[2], found[3]
