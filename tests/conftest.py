@@ -29,6 +29,12 @@ def backend_name() -> str:
     return load_backend(os.environ.get("TFLITE_HOTSWAP_BACKEND", "auto")).name
 
 
+@pytest.fixture(scope="session")
+def native_path(backend_name: str) -> bool:
+    """Whether calls go to the C++ interpreter: tflite-runtime, unless TFLITE_HOTSWAP_NATIVE=0."""
+    return backend_name == "tflite-runtime" and os.environ.get("TFLITE_HOTSWAP_NATIVE", "1") != "0"
+
+
 def raw_signature_run(name: str, inputs: dict) -> dict:
     """Run a model the plain way (SignatureRunner of the same backend): the reference.
 

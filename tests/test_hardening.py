@@ -628,9 +628,9 @@ def test_contract_is_checked_after_a_failed_resource_swap(monkeypatch):
 # ------------------------------------------------ issue 9: the native path
 
 
-def test_native_path_where_the_backend_exports_it(backend_name):
+def test_native_path_where_the_backend_exports_it(native_path):
     with Runtime(model_path("version_1")) as rt:
-        expected = "native" if backend_name == "tflite-runtime" else "python"
+        expected = "native" if native_path else "python"
         assert rt.info.path == expected
         assert rt.run(X16)["tag"][0, 0] == 1.0
 
@@ -708,12 +708,12 @@ def _runtimes(monkeypatch, name):
     return Runtime(model_path(name)), copying
 
 
-def test_zero_copy_lends_where_the_backend_can(backend_name, monkeypatch):
+def test_zero_copy_lends_where_the_backend_can(native_path, monkeypatch):
     from tflite_hotswap.serving.backend import load_backend
     from tflite_hotswap.serving.loader import inspect_model, make_bound
     monkeypatch.setenv("TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES", "1")
     backend = load_backend()
-    for name, lends in (("tiny_f32", backend_name == "tflite-runtime"), ("where_dynamic", False)):
+    for name, lends in (("tiny_f32", native_path), ("where_dynamic", False)):
         interpreter, model = inspect_model(backend, model_bytes(name), "", None, None)
         bound = make_bound(backend, model, None, [None], interpreter=interpreter)
         bound.warm_up()
@@ -771,7 +771,7 @@ def test_an_unreadable_dynamic_output_is_an_inference_error():
             pass
 
 
-def test_a_call_stuck_in_invoke_is_cancelled_once_its_version_is_retired(backend_name):
+def test_a_call_stuck_in_invoke_is_cancelled_once_its_version_is_retired(native_path):
     """tflite-runtime: Interpreter::SetCancellationFunction ends it; LiteRT exports none (bounded waits only)."""
     child = _run_child("""
         from tflite_hotswap import InferenceError
@@ -793,12 +793,12 @@ def test_a_call_stuck_in_invoke_is_cancelled_once_its_version_is_retired(backend
         import os; os._exit(0)
     """)
     assert child.returncode == 0, child.stderr[-2000:]
-    expected = ["cancelled", "native", "closed"] if backend_name == "tflite-runtime" \
+    expected = ["cancelled", "native", "closed"] if native_path \
         else ["still-stuck", "python", "closed"]
     assert child.stdout.split() == expected, child.stdout + child.stderr[-2000:]
 
 
-def test_resource_swap_cancels_a_stuck_call_where_the_backend_can(backend_name):
+def test_resource_swap_cancels_a_stuck_call_where_the_backend_can(native_path):
     """Review finding: with policy="resource" one stuck call made every later swap fail."""
     child = _run_child("""
         from tflite_hotswap import RuntimeBusyError
@@ -816,7 +816,7 @@ def test_resource_swap_cancels_a_stuck_call_where_the_backend_can(backend_name):
     """)
     assert child.returncode == 0, child.stderr[-2000:]
     initial = hashlib.sha256(model_bytes("while_positive")).hexdigest()[:12]
-    expected = ["swapped", "next"] if backend_name == "tflite-runtime" else ["busy", initial]
+    expected = ["swapped", "next"] if native_path else ["busy", initial]
     assert child.stdout.split()[:2] == expected and child.stdout.split()[2:] == ["zero", "0.0"], child.stdout
 
 

@@ -30,7 +30,7 @@ LOGS="${SANITIZE_LOGS:-$ROOT/.sanitize-logs}"
 SAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 TESTS=(tests/test_kernels.py tests/test_bad_input.py tests/test_swap.py tests/test_workers.py
        tests/test_outputs.py tests/test_fuzz_kernels.py tests/test_kernel_crashers.py
-       tests/test_stateful.py tests/test_hardening.py)
+       tests/test_stateful.py tests/test_hardening.py tests/test_training.py)
 
 build() {
     set -e
@@ -39,7 +39,7 @@ build() {
         "$PY" -m venv "$VENV"
         "$VENV/bin/pip" install -q --upgrade pip
         "$VENV/bin/pip" install -q "tflite-runtime>=2.13" "numpy>=1.21,<2" \
-            "setuptools>=77" "Cython>=3.0" wheel pytest hypothesis
+            "setuptools>=77" "Cython>=3.0" wheel pytest hypothesis safetensors
     fi
     local src
     src="$(mktemp -d)"
@@ -80,7 +80,7 @@ libasan="$(gcc -print-file-name=libasan.so)"
 if [ ! -e "$libasan" ]; then echo "sanitize: libasan.so not found (gcc $(gcc -dumpversion))" >&2; exit 3; fi
 # The extension must really be instrumented, or the run proves nothing.
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"
-for ext in "$site"/tflite_hotswap/_buffers.*.so "$site"/tflite_hotswap/_slots.*.so; do
+for ext in "$site"/tflite_hotswap/_buffers.*.so "$site"/tflite_hotswap/_slots.*.so "$site"/tflite_hotswap/_train.*.so; do
     if [ "$(nm -D "$ext" 2>/dev/null | grep -c __asan_report)" = 0 ]; then
         echo "sanitize: $ext is missing or not instrumented" >&2; exit 3
     fi
