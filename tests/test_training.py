@@ -131,7 +131,7 @@ def test_native_step_falls_back_to_the_wrapper_when_the_runner_is_missing():
     with Trainer(MLP) as tr:
         native = entry_points(tr._interpreter)
         if native is None:
-            pytest.skip("this backend exports no SignatureRunner")
+            pytest.skip("no native SignatureRunner here (LiteRT exports none, or TFLITE_HOTSWAP_NATIVE=0)")
         subgraph = tr._interpreter._interpreter.GetSubgraphIndexFromSignature("train")
         inputs = [(t.name, t.index, None, np.dtype(t.dtype)) for t in tr.contract.inputs]
         loss = ("loss", next(t.index for t in tr.contract.outputs if t.name == "loss"))
