@@ -1,19 +1,23 @@
 """Zero copy: run() on a 32x224x224x3 float32 batch (19 MB) lent to the interpreter vs copied in.
 
-Two runtimes of the same model in one run: one with lending off
+Two runtimes of the same model: one with lending off
 (TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES=0), one with the default 1 MiB threshold.
 The input is 64-byte aligned, in the tensor's dtype and shape, so the second
-lends it (tflite-runtime's native path; LiteRT always copies: both figures are
-then the copy).
+lends it (tflite-runtime's native path; LiteRT always copies).  A call takes
+~7 ms, of which the copy is a small part, and separate benchmarks drift by more
+than that between runs on a shared machine: the two are timed in turns, call
+by call, and extra_info holds both medians.
 """
 
+import time
+
 import numpy as np
-import pytest
 
 from conftest import model_path
 from tflite_hotswap import Runtime
 
 SHAPE = (32, 224, 224, 3)
+TURNS = 40
 
 
 def _aligned_batch():
@@ -25,11 +29,27 @@ def _aligned_batch():
     return x
 
 
-@pytest.mark.parametrize("threshold", ["0", "1048576"], ids=["copied", "lent"])
-def test_run_big_input(benchmark, monkeypatch, threshold):
+def test_big_input_lent_and_copied_in_turns(benchmark, monkeypatch):
     benchmark.group = "zero-copy"
-    monkeypatch.setenv("TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES", threshold)
     x = _aligned_batch()
-    with Runtime(model_path("image_f32")) as rt:
-        rt.run(x)
-        benchmark.pedantic(rt.run, args=(x,), rounds=15, warmup_rounds=2)
+    runtimes = {}
+    for name, threshold in (("copied", "0"), ("lent", "1048576")):
+        monkeypatch.setenv("TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES", threshold)
+        runtimes[name] = Runtime(model_path("image_f32"))
+    times = {name: [] for name in runtimes}
+
+    def turns():
+        for _ in range(TURNS):
+            for name, rt in runtimes.items():
+                t0 = time.perf_counter()
+                rt.run(x)
+                times[name].append(time.perf_counter() - t0)
+
+    try:
+        assert np.array_equal(runtimes["lent"].run(x), runtimes["copied"].run(x))
+        benchmark.pedantic(turns, rounds=1, iterations=1)
+    finally:
+        for rt in runtimes.values():
+            rt.close()
+    copied, lent = (float(np.median(times[n])) * 1e6 for n in ("copied", "lent"))
+    benchmark.extra_info.update(copied_us=round(copied), lent_us=round(lent), lent_over_copied=round(lent / copied, 3))
