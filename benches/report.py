@@ -100,6 +100,13 @@ def main() -> int:
             print(f"{b['name'][len('test_train_step_in_turns'):]:<44}{e['step_us']:>8}{e['runner_us']:>8}"
                   f"{e['bare_invoke_us']:>8}{e['runner_over_step']:>9} ({ok}){e['step_minus_bare_us']:>9}  "
                   f"{e['path']}")
+    gil_turns = {b["name"]: b["extra_info"] for b in report["benchmarks"] if b["group"] == "gil-turns"}
+    if len(gil_turns) == 2:
+        plain = gil_turns["test_loop_beside_python_bursts[default]"]
+        short = gil_turns["test_loop_beside_python_bursts[short]"]
+        print(f"\nrun() loop beside 30 ms bursts of Python work: longest call {plain['max_ms']} ms with the "
+              f"default switch interval, {short['max_ms']} ms with short turns "
+              f"(p99 {plain['p99_us']} / {short['p99_us']} us)")
     for b in report["benchmarks"]:
         if b["group"] == "zero-copy":
             e = b["extra_info"]
