@@ -43,7 +43,8 @@ def test_a_value_set_meanwhile_is_left_alone_and_a_lower_one_never_raised():
     assert sys.getswitchinterval() == pytest.approx(1e-5)
 
 
-@pytest.mark.parametrize("value, expected", [("0", 0.005), ("0.0005", 0.0005), ("nonsense", gil.SWITCH_INTERVAL)])
+@pytest.mark.parametrize("value, expected", [("0", 0.005), ("0.0005", 0.0005), ("nonsense", gil.SWITCH_INTERVAL),
+                                             ("0.0000015", 1e-6)])  # CPython keeps whole microseconds
 def test_environment_variable(monkeypatch, value, expected):
     monkeypatch.setenv(gil.ENV_VAR, value)
     with gil.short_turns():
@@ -83,4 +84,18 @@ def test_concurrent_loads_share_one_lowering():
     release.set()
     for t in threads:
         t.join()
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_fork_during_a_load_leaves_the_child_with_the_interval_as_it_was():
+    import os
+    with gil.short_turns():
+        pid = os.fork()
+        if pid == 0:
+            ok = sys.getswitchinterval() == pytest.approx(0.005)
+            with gil.short_turns():  # the lock and the count are the child's own
+                ok = ok and sys.getswitchinterval() == pytest.approx(gil.SWITCH_INTERVAL)
+            os._exit(0 if ok and sys.getswitchinterval() == pytest.approx(0.005) else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     assert sys.getswitchinterval() == pytest.approx(0.005)

@@ -95,6 +95,17 @@ def string_input(m: Tree) -> None:
     _extra_input(m, b"text", [1], 5)  # TensorType.STRING
 
 
+def output_is_input(m: Tree) -> None:
+    """A second output, "echo", that is the input tensor itself: valid, and lent input memory would alias it."""
+    sg, sd = _sub(m), m["SignatureDefs"][0]
+    inp = sg["Inputs"].ints()[0]
+    sg["Outputs"] = T.Vec.of_ints(4, sg["Outputs"].ints() + [inp])
+    echo = copy.deepcopy(sd["Outputs"][0])
+    echo["Name"] = b"echo"
+    echo["TensorIndex"] = T.u32(inp)
+    sd["Outputs"] = sd["Outputs"] + [echo]
+
+
 def many_references(m: Tree) -> Tree:
     """990,000 entries of Model.buffers pointing at one table: the verifier's cost bomb."""
     shared: Tree = {"_type": "Buffer"}
@@ -117,6 +128,7 @@ HOSTILE: dict[str, tuple[str, Callable[[Tree], Any]]] = {
     "hostile_rank200": ("version_1", _rank(200)),
     "hostile_string_input": ("version_1", string_input),
     "hostile_many_references": ("tiny_f32", many_references),
+    "hostile_output_is_input": ("tiny_f32", output_is_input),
 }
 
 

@@ -26,6 +26,7 @@ cdef struct InputBinding:
     int tensor_index      # zero copy (native path): the tensor a caller's array is lent to
     Py_ssize_t nbytes
     bint lent             # lent_view is held and the tensor points into it until return_lent
+    bint lendable         # not an output, and overlapping none (else a lent call returns stale data)
     Py_buffer lent_view
 
 cdef class LatencyStats:
@@ -68,6 +69,7 @@ cdef class Bound:
     cdef int bind(self) except -1
     cdef bint _lend(self, int i, object src) except -1
     cdef int return_lent(self) except -1
+    cdef bint _shares_output_memory(self, int i)
     cdef void _drop_output_views(self) noexcept
     cdef list _addresses(self)
     cdef object write_inputs(self, object inputs)

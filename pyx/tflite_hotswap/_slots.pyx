@@ -338,12 +338,30 @@ cdef class Bound:
                 self.inputs[i].nbytes = itemsize_of(self.inputs[i].kernel.dst)
                 for d in range(self.inputs[i].ndim):
                     self.inputs[i].nbytes *= self.inputs[i].shape[d]
+                self.inputs[i].lendable = not self._shares_output_memory(i)
+
+    cdef bint _shares_output_memory(self, int i):
+        """Whether input i is an output too, or overlaps one (an in-place op's planned memory).
+
+        Such an output's held view is on the arena: with the input lent, invoke
+        would never write there and the call would return stale data.
+        """
+        cdef InputBinding* b = &self.inputs[i]
+        cdef size_t start = <size_t>b.address, end = start + <size_t>b.nbytes, o_start
+        cdef int k
+        if self.input_indices[i] in self.output_indices:
+            return True
+        for k in range(self.n_output_buffers):
+            o_start = <size_t>self.output_buffers[k].buf
+            if o_start < end and start < o_start + <size_t>self.output_buffers[k].len:
+                return True
+        return False
 
     cdef bint _lend(self, int i, object src) except -1:
         """Point input i's tensor at ``src``'s memory for this call, if it fits exactly; else False."""
         cdef InputBinding* b = &self.inputs[i]
         cdef Py_buffer* view = &b.lent_view
-        if b.kernel.affine or b.nbytes < self.lend_min_bytes:
+        if b.kernel.affine or not b.lendable or b.nbytes < self.lend_min_bytes:
             return False
         try:
             PyObject_GetBuffer(src, view, PyBUF_RECORDS_RO)
@@ -424,6 +442,8 @@ cdef class Bound:
         if self.poisoned:
             raise InferenceError("this interpreter could not take back its input memory after a "
                                  "zero-copy call; it serves no more calls")
+        if self.n_lent:
+            self.return_lent()  # lent by a call that never finished here (a thread lost to fork)
         if self.needs_bind:
             self.bind()
         if self.n_inputs == 1 and not isinstance(inputs, dict):
@@ -683,8 +703,17 @@ cdef class Slot:
             PyThread_free_lock(self.qlock)
 
     def _reset_after_fork(self) -> None:
-        """In a forked child: no other thread exists, so nothing is busy or waiting."""
+        """In a forked child: no other thread exists, so nothing is busy or waiting.
+
+        A call that was in invoke in the parent may have lent an input: its
+        tensor would stay on that thread's array, so it is taken back here.
+        """
         cdef int w
+        cdef Bound bound
+        for worker in self.workers:
+            for bound in (<Worker>worker).by_shape.values():
+                if bound.n_lent:
+                    bound.return_lent()
         for w in range(MAX_WORKERS):
             self.busy[w] = 0
         self.n_waiters = 0

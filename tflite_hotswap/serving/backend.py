@@ -60,14 +60,22 @@ class Backend:
     interpreter_class: Any
     verifies_models: bool
 
-    def interpreter(self, model: bytes, num_threads: int | None = None) -> Any:
+    def interpreter(self, model: bytes, num_threads: int | None = None, *,
+                    default_delegate: bool = True) -> Any:
         """Create an interpreter for ``model`` (tensors not yet allocated).
+
+        ``default_delegate=False`` leaves out the backend's default delegate
+        (XNNPACK), whose partitions keep their inner tensors out of the arena.
 
         Raises:
             InvalidModelError: if the backend refuses the model.
         """
+        options: dict[str, Any] = {}
+        if not default_delegate:
+            resolver = importlib.import_module(self.interpreter_class.__module__).OpResolverType
+            options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            return self.interpreter_class(model_content=model, num_threads=num_threads)
+            return self.interpreter_class(model_content=model, num_threads=num_threads, **options)
         except (ValueError, RuntimeError, MemoryError, UnicodeDecodeError, IndexError) as e:
             raise InvalidModelError(f"{self.name} could not load the model: {e}") from e
 

@@ -53,11 +53,24 @@ def short_turns() -> Iterator[None]:
             _ours = min(wanted, _saved) if wanted > 0 else _saved
             if _ours != _saved:
                 sys.setswitchinterval(_ours)
+                _ours = sys.getswitchinterval()  # CPython keeps whole microseconds: compare with that
         _depth += 1
     try:
         yield
     finally:
         with _lock:
-            _depth -= 1
+            _depth = max(_depth - 1, 0)  # a fork inside the body reset the child's count
             if _depth == 0 and _ours != _saved and abs(sys.getswitchinterval() - _ours) < 1e-7:
                 sys.setswitchinterval(_saved)
+
+
+def _after_fork_in_child() -> None:
+    """A fork during a load: the child has no loading thread, so nothing is lowered for it."""
+    global _lock, _depth
+    _lock = threading.Lock()  # possibly held by a thread that does not exist here
+    if _depth and _ours != _saved and abs(sys.getswitchinterval() - _ours) < 1e-7:
+        sys.setswitchinterval(_saved)
+    _depth = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -157,18 +157,51 @@ def probe_check(backend_name: str) -> Callable[[bytes, str | None, int | None], 
     return check
 
 
-def allocated_at_invoke(wrapper: Any, subgraph: int) -> bool:
-    """Whether, after an allocation, some tensor of the subgraph still has no memory.
+_MOVES_CACHE_SIZE = 64
+_moves: dict[tuple[Any, ...], bool] = {}  # (sha256, subgraph, shapes) -> allocated_at_invoke
+
+
+def allocated_at_invoke(backend: Backend, model: LoadedModel, key: ShapeKey | None) -> bool:
+    """Whether, allocated for ``key``, some tensor of the model's subgraph still has no memory.
 
     Such tensors (TFLite's kTfLiteDynamic: data-dependent shapes, WHILE
     outputs) get memory during invoke, which may re-plan the arena and move
     every tensor; without one, addresses hold until the next allocation.
+    Asked of an interpreter without the default delegate: a delegate keeps the
+    tensors inside its partitions out of the arena, so they have no memory
+    either, yet never move.  Cached per model and input shapes.
+
+    Raises:
+        InvalidModelError: if the backend refuses the model.
     """
+    cache_key = (model.sha256, model.subgraph, key)
+    if model.sha256 and cache_key in _moves:  # no sha256 (an unnamed probe): not cached
+        return _moves[cache_key]
+    interpreter = backend.interpreter(model.data, 1, default_delegate=False)
+    wrapper = interpreter._interpreter
+    try:
+        for spec, shape in zip(model.contract.inputs, key or ()):
+            wrapper.ResizeInputTensor(spec.index, np.array(shape, dtype=np.int32), True, model.subgraph)
+        wrapper.AllocateTensors(-1)
+        if model.subgraph:
+            wrapper.AllocateTensors(model.subgraph)
+        moves = _unallocated_tensor(wrapper, model.subgraph)
+    except (ValueError, RuntimeError):
+        moves = True  # cannot tell: take the path that re-reads
+    del wrapper, interpreter
+    if model.sha256:
+        if len(_moves) >= _MOVES_CACHE_SIZE:
+            del _moves[next(iter(_moves))]
+        _moves[cache_key] = moves
+    return moves
+
+
+def _unallocated_tensor(wrapper: Any, subgraph: int) -> bool:
     for i in range(wrapper.NumTensors(subgraph)):
         try:
             wrapper.TensorSize(i, subgraph)  # tensor() would crash tflite-runtime on shapeless ones
         except ValueError:
-            continue  # no shape: a delegate's own tensor, outside the arena
+            continue  # no shape: not a tensor any operator reads or writes
         try:
             if np.dtype(wrapper.TensorType(i, subgraph)).name not in SERVABLE_DTYPES:
                 return True  # strings, resources, variants: sized at invoke, never read raw
@@ -241,7 +274,7 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
     # shapes (every Keras export's batch): only a tensor that gets its memory
     # at invoke can re-plan the arena, and with it any address.  Asked of
     # each allocation: a new input shape can change the answer.
-    moves = allocated_at_invoke(wrapper, model.subgraph)
+    moves = allocated_at_invoke(backend, model, key)
     bound = Bound(interpreter, model.subgraph, inputs, outputs, moves, tuple(key or ()))
     if entry is not None:
         bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation,
