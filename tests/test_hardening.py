@@ -813,6 +813,40 @@ def test_a_fork_while_an_input_is_lent_leaves_the_child_copying_correctly(native
     assert child.stdout.split()[:2] == ["wrong", "0"], child.stdout
 
 
+def test_a_child_forked_while_a_call_runs_gets_answers_not_a_hang():
+    """Found this session: LiteRT's invoke in the child of a fork taken mid-call hung for good (8 of 10).
+
+    The worker the call held is rebuilt in the child; SIGALRM ends a hung child.
+    """
+    child = _run_child("""
+        import os, signal
+        rt = Runtime(model_path("dense_512k"), num_threads=1)
+        x = np.ones((1, rt.info.inputs[0].shape[1]), np.float32)
+        expected = rt.run(x)
+        stop = threading.Event()
+        def loop():
+            while not stop.is_set():
+                rt.run(x)
+        thread = threading.Thread(target=loop)
+        thread.start()
+        outcomes = []
+        for _ in range(10):
+            threading.Event().wait(0.003)
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)
+                os._exit(0 if np.array_equal(rt.run(x), expected) else 3)
+            _, status = os.waitpid(pid, 0)
+            outcomes.append(os.waitstatus_to_exitcode(status))
+        stop.set()
+        thread.join()
+        print(*outcomes)
+        rt.close()
+    """, timeout=400)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["0"] * 10, child.stdout  # -14: a child hung until SIGALRM
+
+
 def test_an_unreadable_dynamic_output_is_an_inference_error():
     """Found by tools/fuzz_swap.py: two int32 fields of dynamic_batch zeroed; run() raised ValueError."""
     data = bytearray(model_bytes("dynamic_batch"))

@@ -82,6 +82,9 @@ cdef class Worker:
     cdef dict by_shape
     cdef object factory
     cdef object retire
+    cdef bint stale              # forked mid-call: its interpreters may hold a lost thread's locks
+    cdef list abandoned          # what a stale worker held: never called, never destroyed
+    cdef int _rebuild(self) except -1
     cdef Bound bound_for(self, tuple key)
     cdef object call(self, object inputs, object out)
     cdef object call_batch(self, object samples, object out)

@@ -602,6 +602,23 @@ cdef class Worker:
         self.by_shape = {first.shape_key: first}
         self.factory = make
         self.retire = retire
+        self.stale = False
+        self.abandoned = []
+
+    cdef int _rebuild(self) except -1:
+        """In a forked child, before the first call: fresh interpreters for a worker forked mid-call.
+
+        The parent's thread was inside one of this worker's interpreters; in the
+        child that thread is gone but whatever it held is not (LiteRT's next
+        invoke there hangs for good).  Those interpreters are set aside, neither
+        called nor destroyed, and the current shapes get a new allocation.
+        """
+        key = self.last.shape_key
+        self.abandoned.extend(self.by_shape.values())
+        self.by_shape = {}
+        self.stale = False
+        self.bound_for(key)
+        return 0
 
     def add(self, Bound bound) -> None:
         """Add a prepared allocation (used when a swap pre-builds known shapes)."""
@@ -632,6 +649,8 @@ cdef class Worker:
         return bound
 
     cdef object call(self, object inputs, object out):
+        if self.stale:
+            self._rebuild()
         cdef Bound bound = self.last
         key = bound.write_inputs(inputs)
         if key is not None:
@@ -648,6 +667,8 @@ cdef class Worker:
         return bound.read_outputs(out)
 
     cdef object call_batch(self, object samples, object out):
+        if self.stale:
+            self._rebuild()
         cdef Bound bound = self.last
         cdef tuple snapshot
         # One snapshot: a sequence another thread grows or shrinks meanwhile
@@ -705,13 +726,17 @@ cdef class Slot:
     def _reset_after_fork(self) -> None:
         """In a forked child: no other thread exists, so nothing is busy or waiting.
 
-        A call that was in invoke in the parent may have lent an input: its
-        tensor would stay on that thread's array, so it is taken back here.
+        A worker a call held at the fork is marked stale: its interpreters may
+        be mid-invoke, and the child's first call on it rebuilds them.  Inputs
+        lent by calls that had finished invoke are taken back here.
         """
         cdef int w
         cdef Bound bound
-        for worker in self.workers:
-            for bound in (<Worker>worker).by_shape.values():
+        for w in range(self.n_workers):
+            if self.busy[w]:
+                (<Worker>self.workers[w]).stale = True  # a call was running in it at the fork
+                continue
+            for bound in (<Worker>self.workers[w]).by_shape.values():
                 if bound.n_lent:
                     bound.return_lent()
         for w in range(MAX_WORKERS):
