@@ -56,6 +56,8 @@ cdef int acquire(object obj, Py_buffer* view, object name) except -1
 cdef int check_dtype(const Kernel* k, const Py_buffer* view, object name) except -1
 cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) noexcept
 cdef str shape_of(const Py_buffer* view)
+cdef int describe_tensor(object tensor, Kernel* k, int* ndim, Py_ssize_t* shape, char** address,
+                         str kind, object name) except -1
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,
                      object name) except -1
 cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_shape, int ndim,

@@ -12,7 +12,7 @@ from libc.stdint cimport int8_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
-from tflite_hotswap.errors import InputError
+from tflite_hotswap.errors import InputError, UnsupportedModelError
 
 cdef extern from "_buffers_support.h":
     enum: HS_STEP_MAX
@@ -498,6 +498,37 @@ cdef bint same_shape(const Py_buffer* view, const Py_ssize_t* shape, int ndim) n
 
 cdef str shape_of(const Py_buffer* view):
     return _shape_str(view.shape, view.ndim)
+
+
+cdef int describe_tensor(object tensor, Kernel* k, int* ndim, Py_ssize_t* shape, char** address,
+                         str kind, object name) except -1:
+    """Bind a tensor view (the wrapper's ``tensor()``): set k.dst, ndim, shape and its address.
+
+    ``kind`` and ``name`` ("input", "x") name the tensor in errors only: a
+    model whose tensors move binds before every call.
+
+    Raises:
+        UnsupportedModelError: if it is not a numeric tensor of rank <= MAX_DIMS.
+        InputError: if k preprocesses into a dtype other than float32, int8 or uint8.
+    """
+    cdef Py_buffer view
+    cdef int d, code
+    PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
+    try:
+        code = dtype_code(view.format, view.itemsize)
+        if code == DT_UNKNOWN or view.ndim > MAX_DIMS:
+            raise UnsupportedModelError(f"{kind} {name!r}: expected a numeric tensor of rank <= {MAX_DIMS}, "
+                                        f"got format {view.format!r} of rank {view.ndim}")
+        if k.affine and code not in (DT_F32, DT_I8, DT_U8):
+            raise InputError(f"{kind} {name!r}: preprocessing needs a float32, int8 or uint8 tensor")
+        k.dst = code
+        ndim[0] = view.ndim
+        for d in range(view.ndim):
+            shape[d] = view.shape[d]
+        address[0] = <char*>view.buf
+        return 0
+    finally:
+        PyBuffer_Release(&view)
 
 
 cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int ndim, char* dst,

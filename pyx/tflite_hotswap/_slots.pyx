@@ -22,9 +22,9 @@ from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport usleep
 
-from tflite_hotswap._buffers cimport (DT_F32, DT_I8, DT_U8, DT_UNKNOWN, MAX_DIMS, dtype_code,
-                                      gather_input, is_contiguous, itemsize_of, read_output,
-                                      same_shape, set_affine, write_input)
+from tflite_hotswap._buffers cimport (MAX_DIMS, describe_tensor, dtype_code, gather_input,
+                                      is_contiguous, itemsize_of, read_output, same_shape, set_affine,
+                                      write_input)
 
 import collections
 import threading
@@ -236,27 +236,11 @@ cdef class Bound:
 
     cdef int bind(self) except -1:
         """Read each input tensor's address, dtype and shape; make output views."""
-        cdef Py_buffer view
-        cdef int i, d, code
+        cdef int i
         for i in range(self.n_inputs):
             tensor = self.wrapper.tensor(self.wrapper, self.input_indices[i], self.subgraph)
-            PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
-            try:
-                code = dtype_code(view.format, view.itemsize)
-                if code == DT_UNKNOWN or view.ndim > MAX_DIMS:
-                    raise UnsupportedModelError(
-                        f"input {self.input_names[i]!r}: expected a numeric tensor of rank <= "
-                        f"{MAX_DIMS}, got format {view.format!r} of rank {view.ndim}")
-                if self.inputs[i].kernel.affine and code not in (DT_F32, DT_I8, DT_U8):
-                    raise InputError(f"input {self.input_names[i]!r}: preprocessing needs a float32, "
-                                     f"int8 or uint8 tensor")
-                self.inputs[i].kernel.dst = code
-                self.inputs[i].address = <char*>view.buf
-                self.inputs[i].ndim = view.ndim
-                for d in range(view.ndim):
-                    self.inputs[i].shape[d] = view.shape[d]
-            finally:
-                PyBuffer_Release(&view)
+            describe_tensor(tensor, &self.inputs[i].kernel, &self.inputs[i].ndim, self.inputs[i].shape,
+                            &self.inputs[i].address, "input", self.input_names[i])
             del tensor  # a live view would pin the interpreter's arena
         if not self.dynamic:
             # Outputs of static models stay put: one view each, and its buffer

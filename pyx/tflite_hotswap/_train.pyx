@@ -21,7 +21,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from tflite_hotswap._buffers cimport (DT_BOOL, DT_C64, DT_C128, DT_F16, DT_F32, DT_F64, DT_I8, DT_I16,
                                       DT_I32, DT_I64, DT_U8, DT_U16, DT_U32, DT_U64, DT_UNKNOWN,
-                                      MAX_DIMS, Kernel, dtype_code, set_affine, write_input)
+                                      MAX_DIMS, Kernel, describe_tensor, dtype_code, set_affine,
+                                      write_input)
 from tflite_hotswap._slots cimport (CALL_CALLER_ERROR, CALL_MODEL_ERROR, CALL_OK, LatencyStats)
 
 from collections.abc import Mapping
@@ -169,25 +170,10 @@ cdef class TrainStep:
 
     cdef int _bind_input(self, int i) except -1:
         """Read input i's dtype and shape through the wrapper."""
-        cdef Py_buffer view
-        cdef int d, code
+        cdef char* address
         tensor = self.wrapper.tensor(self.wrapper, self.indices[i], self.subgraph)
-        PyObject_GetBuffer(tensor, &view, PyBUF_RECORDS_RO)
-        try:
-            code = dtype_code(view.format, view.itemsize)
-            if code == DT_UNKNOWN or view.ndim > MAX_DIMS:
-                raise UnsupportedModelError(
-                    f"train input {self.names[i]!r}: expected a numeric tensor of rank <= {MAX_DIMS}, "
-                    f"got format {view.format!r} of rank {view.ndim}")
-            if self.inputs[i].kernel.affine and code not in (DT_F32, DT_I8, DT_U8):
-                raise InputError(f"train input {self.names[i]!r}: preprocessing needs a float32, int8 or "
-                                 f"uint8 tensor")
-            self.inputs[i].kernel.dst = code
-            self.inputs[i].ndim = view.ndim
-            for d in range(view.ndim):
-                self.inputs[i].shape[d] = view.shape[d]
-        finally:
-            PyBuffer_Release(&view)
+        describe_tensor(tensor, &self.inputs[i].kernel, &self.inputs[i].ndim, self.inputs[i].shape,
+                        &address, "train input", self.names[i])
         return 0
 
     cdef object _bind_native(self, tuple native, str signature):
