@@ -290,10 +290,8 @@ cdef class Bound:
     cdef list _addresses(self):
         """Where every bound input and (static) output tensor's memory is."""
         cdef int i
-        found = [<size_t>self.inputs[i].address for i in range(self.n_inputs)]
-        if not self.dynamic:
-            found.extend([view.__array_interface__["data"][0] for view in self.output_views])
-        return found
+        return ([<size_t>self.inputs[i].address for i in range(self.n_inputs)]
+                + [<size_t>self.output_buffers[i].buf for i in range(self.n_output_buffers)])
 
     def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0,
                    size_t set_allocation=0, Py_ssize_t lend_min_bytes=0) -> None:
@@ -641,13 +639,11 @@ cdef class Worker:
             bound = self.bound_for(key)
             if bound.write_inputs(inputs) is not None:
                 raise InputError(f"inputs: shapes {key} could not be bound")
-        if bound.n_lent:
-            try:
-                bound.run_invoke()
-            finally:
-                bound.return_lent()
-        else:
+        try:
             bound.run_invoke()
+        finally:
+            if bound.n_lent:
+                bound.return_lent()
         return bound.read_outputs(out)
 
     cdef object call_batch(self, object samples, object out):

@@ -60,16 +60,22 @@ def short_turns() -> Iterator[None]:
     finally:
         with _lock:
             _depth = max(_depth - 1, 0)  # a fork inside the body reset the child's count
-            if _depth == 0 and _ours != _saved and abs(sys.getswitchinterval() - _ours) < 1e-7:
-                sys.setswitchinterval(_saved)
+            if _depth == 0:
+                _restore()
+
+
+def _restore() -> None:
+    """Put back the interval from before the loads, unless someone else has set one since."""
+    if _ours != _saved and abs(sys.getswitchinterval() - _ours) < 1e-7:
+        sys.setswitchinterval(_saved)
 
 
 def _after_fork_in_child() -> None:
     """A fork during a load: the child has no loading thread, so nothing is lowered for it."""
     global _lock, _depth
     _lock = threading.Lock()  # possibly held by a thread that does not exist here
-    if _depth and _ours != _saved and abs(sys.getswitchinterval() - _ours) < 1e-7:
-        sys.setswitchinterval(_saved)
+    if _depth:
+        _restore()
     _depth = 0
 
 

@@ -180,13 +180,12 @@ def allocated_at_invoke(backend: Backend, model: LoadedModel, key: ShapeKey | No
     interpreter = backend.interpreter(model.data, 1, default_delegate=False)
     wrapper = interpreter._interpreter
     try:
-        for spec, shape in zip(model.contract.inputs, key or ()):
-            wrapper.ResizeInputTensor(spec.index, np.array(shape, dtype=np.int32), True, model.subgraph)
+        _resize_inputs(wrapper, model, key)
         wrapper.AllocateTensors(-1)
         if model.subgraph:
             wrapper.AllocateTensors(model.subgraph)
         moves = _unallocated_tensor(wrapper, model.subgraph)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError):  # InputError is a ValueError
         moves = True  # cannot tell: take the path that re-reads
     del wrapper, interpreter
     if model.sha256:
@@ -194,6 +193,15 @@ def allocated_at_invoke(backend: Backend, model: LoadedModel, key: ShapeKey | No
             del _moves[next(iter(_moves))]
         _moves[cache_key] = moves
     return moves
+
+
+def _resize_inputs(wrapper: Any, model: LoadedModel, key: ShapeKey | None) -> None:
+    """Raises: InputError: if the model cannot take the shapes in ``key`` (None: its own)."""
+    for spec, shape in zip(model.contract.inputs, key or ()):
+        try:
+            wrapper.ResizeInputTensor(spec.index, np.array(shape, dtype=np.int32), True, model.subgraph)
+        except (ValueError, RuntimeError) as e:
+            raise InputError(f"input {spec.name!r}: the model cannot take shape {shape}: {e}") from e
 
 
 def _unallocated_tensor(wrapper: Any, subgraph: int) -> bool:
@@ -243,13 +251,7 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
     if interpreter is None:
         interpreter = backend.interpreter(model.data, num_threads)
     wrapper = interpreter._interpreter
-    if key is not None:
-        for spec, shape in zip(model.contract.inputs, key):
-            try:
-                wrapper.ResizeInputTensor(spec.index, np.array(shape, dtype=np.int32), True,
-                                          model.subgraph)
-            except (ValueError, RuntimeError) as e:
-                raise InputError(f"input {spec.name!r}: the model cannot take shape {shape}: {e}") from e
+    _resize_inputs(wrapper, model, key)
     entry = native.entry_points(interpreter)
     try:
         # The whole interpreter (-1, or Interpreter::AllocateTensors natively):
