@@ -31,8 +31,8 @@ def backend_name() -> str:
 
 @pytest.fixture(scope="session")
 def native_path(backend_name: str) -> bool:
-    """Whether calls go to the C++ interpreter: tflite-runtime, unless TFLITE_HOTSWAP_NATIVE=0."""
-    return backend_name == "tflite-runtime" and os.environ.get("TFLITE_HOTSWAP_NATIVE", "1") != "0"
+    """Whether calls go to the C++ interpreter: tflite-runtime and LiteRT, unless TFLITE_HOTSWAP_NATIVE=0."""
+    return backend_name in ("tflite-runtime", "litert") and os.environ.get("TFLITE_HOTSWAP_NATIVE", "1") != "0"
 
 
 def raw_signature_run(name: str, inputs: dict) -> dict:

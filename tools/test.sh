@@ -16,12 +16,16 @@ for backend in tflite-runtime litert; do
     TFLITE_HOTSWAP_BACKEND="$backend" "$ROOT/.venv-$env_name/bin/pytest" -p no:cacheprovider "$@" tests \
         || status=$?
 done
-# The native path's fallback: tflite-runtime through its wrapper, as LiteRT always
-# is, over the runtime's own tests (TFLITE_HOTSWAP_NATIVE=0).
-echo "=== runtime tests with backend tflite-runtime, native path off (the wrapper fallback)"
-TFLITE_HOTSWAP_BACKEND=tflite-runtime TFLITE_HOTSWAP_NATIVE=0 "$ROOT/.venv-tflite/bin/pytest" -p no:cacheprovider \
-    "$@" tests/test_swap.py tests/test_outputs.py tests/test_workers.py tests/test_bad_input.py \
-    tests/test_stateful.py tests/test_hardening.py tests/test_training.py tests/test_gil.py || status=$?
+# The native path's fallback: each backend through its wrapper, over the
+# runtime's own tests (TFLITE_HOTSWAP_NATIVE=0).
+for backend in tflite-runtime litert; do
+    env_name="${backend%-runtime}"
+    echo "=== runtime tests with backend $backend, native path off (the wrapper fallback)"
+    TFLITE_HOTSWAP_BACKEND="$backend" TFLITE_HOTSWAP_NATIVE=0 "$ROOT/.venv-$env_name/bin/pytest" \
+        -p no:cacheprovider "$@" tests/test_swap.py tests/test_outputs.py tests/test_workers.py \
+        tests/test_bad_input.py tests/test_stateful.py tests/test_hardening.py tests/test_training.py \
+        tests/test_gil.py || status=$?
+done
 # The tests that need TensorFlow (the tensorflow backend, make_trainable) in a
 # third environment; everywhere else they skip, saying so.
 make_env tf

@@ -15,6 +15,7 @@
 #define TFLITE_HOTSWAP_NATIVE_H
 
 #include <dlfcn.h>
+#include <link.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,6 +31,27 @@ static inline void *hs_resolve(const char *library, const char *symbol) {
     fn = dlsym(handle, symbol);
     dlclose(handle); /* NOLOAD took a reference; the module itself stays loaded */
     return fn;
+}
+
+/* Where `library` is loaded: the difference between its addresses in memory
+ * and in the file (link_map.l_addr), 0 if it is not loaded.  A hidden symbol's
+ * address is this plus its value in the file's .symtab (glibc and musl both
+ * have dlinfo; Python.h defines _GNU_SOURCE before anything is included). */
+static inline uintptr_t hs_load_bias(const char *library) {
+    void *handle = dlopen(library, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    struct link_map *map = NULL;
+    uintptr_t bias = 0;
+    if (handle == NULL) return 0;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != NULL) bias = (uintptr_t)map->l_addr;
+    dlclose(handle);
+    return bias;
+}
+
+/* The file of the loaded object that contains `address`, or NULL. */
+static inline const char *hs_owner(const void *address) {
+    Dl_info info;
+    if (dladdr(address, &info) == 0) return NULL;
+    return info.dli_fname;
 }
 
 static inline int hs_call_status(void *method, void *self) {

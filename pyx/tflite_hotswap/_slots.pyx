@@ -31,6 +31,8 @@ import threading
 
 cdef extern from "_native.h":
     void* hs_resolve(const char* library, const char* symbol) nogil
+    size_t hs_load_bias(const char* library) nogil
+    const char* hs_owner(const void* address) nogil
     int hs_call_status(void* method, void* self) nogil
     void hs_install_cancellation(void* method, void* self, int* flag) nogil
     int hs_set_allocation(void* method, void* self, int tensor, void* data, size_t nbytes) nogil
@@ -1019,6 +1021,17 @@ cdef class SlotTable:
 def resolve_symbol(str library, bytes symbol) -> int:
     """Address of ``symbol`` in the already-loaded shared object ``library`` (0 if absent)."""
     return <size_t>hs_resolve(library.encode(), symbol)
+
+
+def load_bias(str library) -> int:
+    """Where the already-loaded ``library`` sits in memory (link_map.l_addr; 0 if not loaded)."""
+    return hs_load_bias(library.encode())
+
+
+def owner_of(size_t address):
+    """The file of the loaded object containing ``address``, or None."""
+    cdef const char* name = hs_owner(<void*>address)
+    return None if name == NULL else name.decode(errors="replace")
 
 
 def call_status_nogil(size_t method, size_t self_address, int repeat=1) -> int:

@@ -8,24 +8,36 @@ running while a swap packs a new model's weights (XNNPACK does that inside
 ``AllocateTensors``, tens of milliseconds for a 20 MB model, with the GIL held
 on the Python path), and a call skips the wrapper's Python-level bookkeeping.
 
+ai-edge-litert links the same interpreter into a library of its own with
+hidden visibility: the methods are there, found through the library's symbol
+table (:mod:`.symbols`), but nothing vouches for them except that table.  So
+before a process calls a hidden function, the self-test
+(``python -m tflite_hotswap._native_check``) runs every native call in a
+throwaway process and compares it with the wrapper; a crash or a difference
+there keeps this process on the wrapper.
+
 The symbols are resolved at run time in the already-loaded module; where one
-is missing (LiteRT does not export them) or ``TFLITE_HOTSWAP_NATIVE=0`` is set,
-the wrapper's own methods serve, and ``ModelInfo.path`` says which path serves.
+is missing or ``TFLITE_HOTSWAP_NATIVE=0`` is set, the wrapper's own methods
+serve, and ``ModelInfo.path`` says which path serves.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from .. import _slots
+from .symbols import Found, find_functions
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "TFLITE_HOTSWAP_NATIVE"
+SELF_TEST_ENV = "_TFLITE_HOTSWAP_NATIVE_SELF_TEST"  # set in the self-test's own process
+_SELF_TEST_TIMEOUT = 300.0  # seconds; a slow board imports a backend in a few
 
 # Itanium-ABI names of the no-argument methods, returning TfLiteStatus.
 _INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
@@ -53,6 +65,7 @@ class NativeEntryPoints:
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
+_verdicts: dict[str, bool] = {}  # library -> whether its hidden functions passed the self-test
 
 
 def backend_library(interpreter: Any) -> str | None:
@@ -73,29 +86,61 @@ def backend_library(interpreter: Any) -> str | None:
 def entry_points(interpreter: Any) -> NativeEntryPoints | None:
     """The native entry points for interpreters of ``interpreter``'s backend, or None.
 
-    None when :func:`backend_library` is None or the module lacks a symbol.
+    None when :func:`backend_library` is None, a symbol is missing, or hidden
+    symbols failed the self-test.
     """
     library = backend_library(interpreter)
     if library is None:
         return None
     if library not in _resolved:
-        _resolved[library] = _resolve(library)
+        _resolved[library] = _resolve(library, interpreter)
     return _resolved[library]
 
 
-def _resolve(library: str) -> NativeEntryPoints | None:
-    invoke = _slots.resolve_symbol(library, _INVOKE)
-    allocate = _slots.resolve_symbol(library, _ALLOCATE)
-    if not (invoke and allocate):
-        logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors not exported",
-                    library)
+def _resolve(library: str, interpreter: Any) -> NativeEntryPoints | None:
+    found = find_functions(library, (_INVOKE, _ALLOCATE, _SET_CANCELLATION, *_SET_ALLOCATION), required=2)
+    if found is None or not trusted(found, interpreter):
+        logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors %s", library,
+                    "not found" if found is None else "failed the self-test")
         return None
-    set_cancellation = _slots.resolve_symbol(library, _SET_CANCELLATION)
-    set_allocation = next((a for a in (_slots.resolve_symbol(library, name) for name in _SET_ALLOCATION) if a), 0)
-    logger.info("native path: %s exports Interpreter::Invoke and AllocateTensors%s%s", library,
+    invoke, allocate, set_cancellation, *set_allocation = found.addresses
+    logger.info("native path: %s %s Interpreter::Invoke and AllocateTensors%s%s", found.library,
+                "has (hidden, self-tested)" if found.hidden else "exports",
                 " and SetCancellationFunction" if set_cancellation else "",
-                " and SetCustomAllocationForTensor" if set_allocation else "")
-    return NativeEntryPoints(invoke, allocate, set_cancellation, set_allocation)
+                " and SetCustomAllocationForTensor" if any(set_allocation) else "")
+    return NativeEntryPoints(invoke, allocate, set_cancellation, next((a for a in set_allocation if a), 0))
+
+
+def trusted(found: Found, interpreter: Any) -> bool:
+    """Whether ``found``'s functions may be called in this process.
+
+    Exported functions are the backend's public ABI.  Hidden ones only once
+    the self-test passed in a throwaway process: once per library per process.
+    """
+    if not found.hidden or os.environ.get(SELF_TEST_ENV) == "1":
+        return True
+    if found.library not in _verdicts:
+        _verdicts[found.library] = _self_test(type(interpreter).__module__, found.library)
+    return _verdicts[found.library]
+
+
+def _self_test(interpreter_module: str, library: str) -> bool:
+    command = [sys.executable, "-m", "tflite_hotswap._native_check", interpreter_module]
+    # Run from the directory holding this very tflite_hotswap, so the test
+    # imports it rather than whatever the caller's directory would give.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_SELF_TEST_TIMEOUT,
+                              check=False, stdin=subprocess.DEVNULL, cwd=package_root)
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.warning("native self-test for %s could not run (%s): serving through the wrapper", library, e)
+        return False
+    if done.returncode != 0:
+        logger.warning("native self-test for %s failed (exit status %d): serving through the wrapper. %s",
+                       library, done.returncode, done.stderr.strip()[-2000:])
+        return False
+    logger.info("native self-test for %s passed", library)
+    return True
 
 
 def address_of(interpreter: Any) -> int:

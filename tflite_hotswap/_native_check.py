@@ -1,0 +1,76 @@
+"""The native path's self-test, run in a throwaway process before hidden symbols are trusted.
+
+``python -m tflite_hotswap._native_check <interpreter module>`` serves a shipped
+model and trains a shipped trainable model through every native entry point
+(allocate, invoke, cancellation, a lent input, the train signature's runner)
+and compares each result with the backend's own wrapper.  Exit status 0 means
+every hidden function behaved; anything else (a crash included) keeps the
+calling process on the wrapper.  See :mod:`tflite_hotswap.serving.native`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from importlib import resources
+
+import numpy as np
+
+from .serving import native
+
+
+def main(interpreter_module: str) -> int:
+    """Returns 0 when the native path gives the wrapper's results, 1 otherwise."""
+    os.environ[native.SELF_TEST_ENV] = "1"  # trust the symbols here: this process is the test
+    os.environ[native.LEND_ENV_VAR] = "1"  # lend every input that can be lent
+    os.environ[native.ENV_VAR] = "1"
+    from . import Runtime  # after the environment is set
+    from .serving.backend import Backend
+    from .training import Trainer
+
+    interpreter_class = importlib.import_module(interpreter_module).Interpreter
+    backend = Backend("self-test", interpreter_class, False)
+    models = resources.files("tflite_hotswap").joinpath("models")
+    served = models.joinpath("demo_v1.tflite").read_bytes()
+    memory = np.zeros(64 + 16, dtype=np.float32)  # 64-byte aligned, so the input is lent
+    x = memory[(-memory.ctypes.data % 64) // 4:][:64].reshape(1, 64)
+    x[:] = np.arange(64, dtype=np.float32).reshape(1, 64) / 7
+
+    raw = backend.interpreter(served)
+    raw.allocate_tensors()
+    runner = raw.get_signature_runner()
+    expected = runner(x=x)
+
+    rt = Runtime(served, backend=_backend_name(interpreter_module), isolate=False)
+    try:
+        got = rt.run({"x": x})
+        if rt.info.path != "native" or any(not np.array_equal(got[k], expected[k]) for k in expected):
+            print(f"serving: path {rt.info.path}, outputs {got} against {expected}", file=sys.stderr)
+            return 1
+    finally:
+        rt.close()
+
+    trainable = models.joinpath("trainable_classifier.tflite").read_bytes()
+    features = np.linspace(-1, 1, 32 * 16, dtype=np.float32).reshape(32, 16)
+    labels = (np.arange(32) % 4).astype(np.int32)
+    losses: dict[str, list[float]] = {}
+    for path in ("native", "python"):
+        os.environ[native.ENV_VAR] = "1" if path == "native" else "0"
+        with Trainer(trainable, backend=_backend_name(interpreter_module)) as tr:
+            if tr.path.split(" ")[0] != path:
+                print(f"training: expected the {path} step, got {tr.path}", file=sys.stderr)
+                return 1
+            losses[path] = [tr.step(features, labels) for _ in range(3)]
+    if losses["native"] != losses["python"]:
+        print(f"training: native losses {losses['native']} against {losses['python']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _backend_name(interpreter_module: str) -> str:
+    return interpreter_module.split(".")[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
