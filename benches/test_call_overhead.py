@@ -59,7 +59,8 @@ def test_c_level_invoke(benchmark, raw, model):
     _group(benchmark, model)
     entry = native.entry_points(raw)
     if entry is None:
-        pytest.skip("no native Interpreter::Invoke in this backend (LiteRT): no C-level floor to measure")
+        pytest.skip("no native Interpreter::Invoke here (TFLITE_HOTSWAP_NATIVE=0, or the TensorFlow backend): "
+                    "no C-level floor to measure")
     address = native.address_of(raw)
     benchmark.extra_info["calls_per_round"] = C_LOOP
     benchmark(call_status_nogil, entry.invoke, address, C_LOOP)

@@ -2,8 +2,9 @@
 
 ``python -m tflite_hotswap._native_check <interpreter module>`` serves a shipped
 model and trains a shipped trainable model through every native entry point
-(allocate, invoke, cancellation, a lent input, the train signature's runner)
-and compares each result with the backend's own wrapper.  Exit status 0 means
+found (allocate, invoke, cancellation, a lent input; the train signature's
+runner where the backend has one) and compares each result with the backend's
+own wrapper.  Exit status 0 means
 every hidden function behaved; anything else (a crash included) keeps the
 calling process on the wrapper.  See :mod:`tflite_hotswap.serving.native`.
 """
@@ -20,9 +21,14 @@ import numpy as np
 from .serving import native
 
 
-def main(interpreter_module: str) -> int:
-    """Returns 0 when the native path gives the wrapper's results, 1 otherwise."""
-    os.environ[native.SELF_TEST_ENV] = "1"  # trust the symbols here: this process is the test
+def main(interpreter_module: str, token: str) -> int:
+    """Returns 0 when the native path gives the wrapper's results, 1 otherwise.
+
+    On success the last line printed is ``token`` and what was tested
+    (:func:`~tflite_hotswap.serving.native.identity` of each set of functions).
+    """
+    os.nice(10)  # a helper: the serving process comes first
+    tested = native.trust_hidden_functions()  # this process is the test
     os.environ[native.LEND_ENV_VAR] = "1"  # lend every input that can be lent
     os.environ[native.ENV_VAR] = "1"
     from . import Runtime  # after the environment is set
@@ -58,13 +64,13 @@ def main(interpreter_module: str) -> int:
     for path in ("native", "python"):
         os.environ[native.ENV_VAR] = "1" if path == "native" else "0"
         with Trainer(trainable, backend=_backend_name(interpreter_module)) as tr:
-            if tr.path.split(" ")[0] != path:
-                print(f"training: expected the {path} step, got {tr.path}", file=sys.stderr)
-                return 1
+            if path == "native" and tr.path != "native":
+                break  # no train-step functions found: nothing of them will be called
             losses[path] = [tr.step(features, labels) for _ in range(3)]
-    if losses["native"] != losses["python"]:
+    if "python" in losses and losses["native"] != losses["python"]:
         print(f"training: native losses {losses['native']} against {losses['python']}", file=sys.stderr)
         return 1
+    print(token, *sorted(tested))
     return 0
 
 
@@ -73,4 +79,4 @@ def _backend_name(interpreter_module: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -15,7 +15,9 @@
 #define TFLITE_HOTSWAP_NATIVE_H
 
 #include <dlfcn.h>
+#ifdef __linux__
 #include <link.h>
+#endif
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,6 +40,7 @@ static inline void *hs_resolve(const char *library, const char *symbol) {
  * address is this plus its value in the file's .symtab (glibc and musl both
  * have dlinfo; Python.h defines _GNU_SOURCE before anything is included). */
 static inline uintptr_t hs_load_bias(const char *library) {
+#ifdef __linux__
     void *handle = dlopen(library, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
     struct link_map *map = NULL;
     uintptr_t bias = 0;
@@ -45,6 +48,10 @@ static inline uintptr_t hs_load_bias(const char *library) {
     if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != NULL) bias = (uintptr_t)map->l_addr;
     dlclose(handle);
     return bias;
+#else
+    (void)library; /* ELF symbol tables only: elsewhere nothing hidden is looked for */
+    return 0;
+#endif
 }
 
 /* The file of the loaded object that contains `address`, or NULL. */

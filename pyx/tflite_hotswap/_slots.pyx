@@ -27,6 +27,7 @@ from tflite_hotswap._buffers cimport (MAX_DIMS, describe_tensor, dtype_code, gat
                                       write_input)
 
 import collections
+import os
 import threading
 
 cdef extern from "_native.h":
@@ -1020,18 +1021,18 @@ cdef class SlotTable:
 
 def resolve_symbol(str library, bytes symbol) -> int:
     """Address of ``symbol`` in the already-loaded shared object ``library`` (0 if absent)."""
-    return <size_t>hs_resolve(library.encode(), symbol)
+    return <size_t>hs_resolve(os.fsencode(library), symbol)
 
 
 def load_bias(str library) -> int:
     """Where the already-loaded ``library`` sits in memory (link_map.l_addr; 0 if not loaded)."""
-    return hs_load_bias(library.encode())
+    return hs_load_bias(os.fsencode(library))
 
 
 def owner_of(size_t address):
     """The file of the loaded object containing ``address``, or None."""
     cdef const char* name = hs_owner(<void*>address)
-    return None if name == NULL else name.decode(errors="replace")
+    return None if name == NULL else os.fsdecode(<bytes>name)
 
 
 def call_status_nogil(size_t method, size_t self_address, int repeat=1) -> int:

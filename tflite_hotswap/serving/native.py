@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +38,14 @@ from .symbols import Found, find_functions
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "TFLITE_HOTSWAP_NATIVE"
-SELF_TEST_ENV = "_TFLITE_HOTSWAP_NATIVE_SELF_TEST"  # set in the self-test's own process
-_SELF_TEST_TIMEOUT = 300.0  # seconds; a slow board imports a backend in a few
+# Set in the environment of a process a self-test starts: such a process never
+# starts a self-test of its own (a frozen app or an embedding host runs its own
+# main instead of the test, which would recurse) and so never trusts hidden
+# functions; only the test's own code (trust_hidden_functions) does.
+SELF_TEST_ENV = "_TFLITE_HOTSWAP_NATIVE_SELF_TEST"
+# Seconds.  Below the isolation prober's 60 s start timeout, which covers the
+# prober's own self-test: past it, the wrapper serves.
+_SELF_TEST_TIMEOUT = 45.0
 
 # Itanium-ABI names of the no-argument methods, returning TfLiteStatus.
 _INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
@@ -65,7 +73,7 @@ class NativeEntryPoints:
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
-_verdicts: dict[str, bool] = {}  # library -> whether its hidden functions passed the self-test
+_verdicts: dict[str, set[str]] = {}  # library -> identities its self-test vouched for
 
 
 def backend_library(interpreter: Any) -> str | None:
@@ -111,36 +119,72 @@ def _resolve(library: str, interpreter: Any) -> NativeEntryPoints | None:
     return NativeEntryPoints(invoke, allocate, set_cancellation, next((a for a in set_allocation if a), 0))
 
 
+_trust_hidden = False  # only in the self-test's own process
+_trusted_here: set[str] = set()  # what that process trusted: identity() of each Found
+_verdict_lock = threading.Lock()
+
+
+def trust_hidden_functions() -> set[str]:
+    """In the self-test's own process: trust hidden functions, and return the set that records them."""
+    global _trust_hidden
+    _trust_hidden = True
+    return _trusted_here
+
+
+def identity(found: Found) -> str:
+    """The library's real path and each function's offset in it: what a self-test must have tested."""
+    bias = _slots.load_bias(found.library)
+    offsets = ",".join(f"{address - bias:x}" if address else "0" for address in found.addresses)
+    return f"{os.path.realpath(found.library)}:{offsets}"
+
+
 def trusted(found: Found, interpreter: Any) -> bool:
     """Whether ``found``'s functions may be called in this process.
 
-    Exported functions are the backend's public ABI.  Hidden ones only once
-    the self-test passed in a throwaway process: once per library per process.
+    Exported functions are the backend's public ABI.  Hidden ones only once a
+    self-test in a throwaway process has run these very functions (same file,
+    same offsets) and compared them with the wrapper: once per library per
+    process.
     """
-    if not found.hidden or os.environ.get(SELF_TEST_ENV) == "1":
+    if not found.hidden:
         return True
-    if found.library not in _verdicts:
-        _verdicts[found.library] = _self_test(type(interpreter).__module__, found.library)
-    return _verdicts[found.library]
+    key = identity(found)
+    if _trust_hidden:
+        _trusted_here.add(key)
+        return True
+    if os.environ.get(SELF_TEST_ENV) or getattr(sys, "frozen", False) or not sys.executable:
+        return False  # started by a self-test, or no Python to run one with: the wrapper serves
+    with _verdict_lock:
+        if found.library not in _verdicts:
+            _verdicts[found.library] = _self_test(type(interpreter).__module__, found.library)
+        return key in _verdicts[found.library]
 
 
-def _self_test(interpreter_module: str, library: str) -> bool:
-    command = [sys.executable, "-m", "tflite_hotswap._native_check", interpreter_module]
-    # Run from the directory holding this very tflite_hotswap, so the test
-    # imports it rather than whatever the caller's directory would give.
+def _self_test(interpreter_module: str, library: str) -> set[str]:
+    """Run the self-test in a new process; return the identities it vouches for (empty: none)."""
+    token = secrets.token_hex(16)
+    command = [sys.executable, "-m", "tflite_hotswap._native_check", interpreter_module, token]
+    # From the directory holding this very tflite_hotswap, and with this
+    # process's import path, so the test imports the same package and backend.
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, **{SELF_TEST_ENV: token,
+                              "PYTHONPATH": os.pathsep.join([package_root, *filter(None, sys.path)])})
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=_SELF_TEST_TIMEOUT,
-                              check=False, stdin=subprocess.DEVNULL, cwd=package_root)
-    except (OSError, subprocess.SubprocessError) as e:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False,
+                              timeout=_SELF_TEST_TIMEOUT, stdin=subprocess.DEVNULL, cwd=package_root, env=env)
+    except Exception as e:  # noqa: BLE001 -- whatever stops the test, the wrapper serves
         logger.warning("native self-test for %s could not run (%s): serving through the wrapper", library, e)
-        return False
-    if done.returncode != 0:
+        return set()
+    lines = done.stdout.strip().splitlines()
+    words = lines[-1].split(" ") if lines else []
+    # Exit status 0 alone proves nothing (a process that never ran the test, or
+    # SIGCHLD ignored, gives it too): the test's last line is the token.
+    if done.returncode != 0 or not words or words[0] != token:
         logger.warning("native self-test for %s failed (exit status %d): serving through the wrapper. %s",
                        library, done.returncode, done.stderr.strip()[-2000:])
-        return False
+        return set()
     logger.info("native self-test for %s passed", library)
-    return True
+    return set(words[1:])
 
 
 def address_of(interpreter: Any) -> int:
