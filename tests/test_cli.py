@@ -30,7 +30,11 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     with fault_server() as server:
         server.put("manifest.json", b" " * 10_000)
         server.script("manifest.json", ["trickle"])  # one byte every 50 ms: the command waits
-        proc = subprocess.Popen([sys.executable, "-m", "tflite_hotswap.cli", "fetch", server.url,
+        # Python's own SIGINT handler even where the suite was started in the
+        # background by a shell without job control, which leaves SIGINT ignored.
+        interruptible = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                         "runpy.run_module('tflite_hotswap.cli', run_name='__main__', alter_sys=True)")
+        proc = subprocess.Popen([sys.executable, "-c", interruptible, "fetch", server.url,
                                  str(tmp_path / "store"), "--model", "m"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
         deadline = time.monotonic() + 60

@@ -321,6 +321,9 @@ def _run_child(body: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_ctrl_c_reaches_a_caller_waiting_for_a_worker(wait_timeout):
     child = _run_child("""
         import os, signal
+        # Python's own handler even where a shell without job control started
+        # the suite in the background, which leaves SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         held, release = threading.Event(), threading.Event()
         class Blocking(dict):
             def __getitem__(self, key):
