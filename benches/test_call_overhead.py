@@ -6,7 +6,7 @@
   from the first call.
 
 ``test_c_level_invoke`` is the floor: ``Interpreter::Invoke`` called from C in a
-loop of 1000 with the GIL released (tflite-runtime's native path only; the
+loop of 1000 with the GIL released (the native path only; the
 report divides by 1000).
 """
 

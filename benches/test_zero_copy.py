@@ -3,7 +3,7 @@
 Two runtimes of the same model: one with lending off
 (TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES=0), one with the default 1 MiB threshold.
 The input is 64-byte aligned, in the tensor's dtype and shape, so the second
-lends it (tflite-runtime's native path; LiteRT always copies).  A call takes
+lends it (the native path; the wrapper fallback always copies).  A call takes
 ~7 ms, of which the copy is a small part, and separate benchmarks drift by more
 than that between runs on a shared machine: the two are timed in turns, call
 by call, and extra_info holds both medians.

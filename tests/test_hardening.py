@@ -778,7 +778,7 @@ def test_an_output_that_is_the_input_is_never_lent(monkeypatch):
 def test_a_fork_while_an_input_is_lent_leaves_the_child_copying_correctly(native_path):
     """Review finding: the child kept the parent thread's lent tensor; its copied inputs were ignored."""
     if not native_path:
-        pytest.skip("inputs are lent only on tflite-runtime's native path")
+        pytest.skip("inputs are lent only on the native path (TFLITE_HOTSWAP_NATIVE=0 here)")
     child = _run_child("""
         import os
         os.environ["TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES"] = "1"
@@ -868,7 +868,7 @@ def test_an_unreadable_dynamic_output_is_an_inference_error():
 
 
 def test_a_call_stuck_in_invoke_is_cancelled_once_its_version_is_retired(native_path):
-    """tflite-runtime: Interpreter::SetCancellationFunction ends it; LiteRT exports none (bounded waits only)."""
+    """Native path: Interpreter::SetCancellationFunction ends it; the wrapper has none (bounded waits only)."""
     child = _run_child("""
         from tflite_hotswap import InferenceError
         rt = Runtime(model_path("while_positive"), workers=1, wait_timeout=0.5, isolate=False)
