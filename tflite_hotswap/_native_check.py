@@ -4,14 +4,15 @@
 model and trains a shipped trainable model through every native entry point
 found (allocate, invoke, cancellation, a lent input; the train signature's
 runner where the backend has one) and compares each result with the backend's
-own wrapper.  Exit status 0 means
-every hidden function behaved; anything else (a crash included) keeps the
+own wrapper.  Only when all agree does it print, as its last line, the token it
+was given and what it tested; anything else (a crash included) keeps the
 calling process on the wrapper.  See :mod:`tflite_hotswap.serving.native`.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from importlib import resources
@@ -24,8 +25,8 @@ from .serving import native
 def main(interpreter_module: str, token: str) -> int:
     """Returns 0 when the native path gives the wrapper's results, 1 otherwise.
 
-    On success the last line printed is ``token`` and what was tested
-    (:func:`~tflite_hotswap.serving.native.identity` of each set of functions).
+    On success the last line printed is a JSON list: ``token``, then what was
+    tested (:func:`~tflite_hotswap.serving.native.identity` of each set of functions).
     """
     os.nice(10)  # a helper: the serving process comes first
     tested = native.trust_hidden_functions()  # this process is the test
@@ -70,7 +71,7 @@ def main(interpreter_module: str, token: str) -> int:
     if "python" in losses and losses["native"] != losses["python"]:
         print(f"training: native losses {losses['native']} against {losses['python']}", file=sys.stderr)
         return 1
-    print(token, *sorted(tested))
+    print(json.dumps([token, *sorted(tested)]))
     return 0
 
 

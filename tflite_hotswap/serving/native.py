@@ -23,6 +23,7 @@ serve, and ``ModelInfo.path`` says which path serves.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -176,15 +177,18 @@ def _self_test(interpreter_module: str, library: str) -> set[str]:
         logger.warning("native self-test for %s could not run (%s): serving through the wrapper", library, e)
         return set()
     lines = done.stdout.strip().splitlines()
-    words = lines[-1].split(" ") if lines else []
+    try:
+        words = json.loads(lines[-1]) if lines else []
+    except ValueError:
+        words = []
     # Exit status 0 alone proves nothing (a process that never ran the test, or
-    # SIGCHLD ignored, gives it too): the test's last line is the token.
-    if done.returncode != 0 or not words or words[0] != token:
+    # SIGCHLD ignored, gives it too): the test's last line starts with the token.
+    if done.returncode != 0 or not isinstance(words, list) or not words or words[0] != token:
         logger.warning("native self-test for %s failed (exit status %d): serving through the wrapper. %s",
                        library, done.returncode, done.stderr.strip()[-2000:])
         return set()
     logger.info("native self-test for %s passed", library)
-    return set(words[1:])
+    return {str(word) for word in words[1:]}
 
 
 def address_of(interpreter: Any) -> int:
