@@ -306,6 +306,16 @@ import sys, threading, numpy as np
 sys.path.insert(0, {tests!r})
 from conftest import model_path
 from tflite_hotswap import Runtime
+
+def calling_in_a_loop(rt, x):
+    # A thread calling rt.run(x) until the returned function stops and joins it.
+    stop = threading.Event()
+    def loop():
+        while not stop.is_set():
+            rt.run(x)
+    thread = threading.Thread(target=loop)
+    thread.start()
+    return lambda: (stop.set(), thread.join())
 """
 
 
@@ -793,12 +803,7 @@ def test_a_fork_while_an_input_is_lent_leaves_the_child_copying_correctly(native
         lent[...] = 1.0
         copied[...] = np.linspace(-1, 1, lent.size).reshape(shape)
         expected = rt.run(np.array(copied))
-        stop = threading.Event()
-        def loop():
-            while not stop.is_set():
-                rt.run(lent)
-        thread = threading.Thread(target=loop)
-        thread.start()
+        stop = calling_in_a_loop(rt, lent)
         wrong = 0
         for _ in range(20):
             threading.Event().wait(0.003)
@@ -807,8 +812,7 @@ def test_a_fork_while_an_input_is_lent_leaves_the_child_copying_correctly(native
                 os._exit(0 if np.array_equal(rt.run(copied), expected) else 3)
             _, status = os.waitpid(pid, 0)
             wrong += os.waitstatus_to_exitcode(status) != 0
-        stop.set()
-        thread.join()
+        stop()
         print("wrong", wrong, rt.info.path)
         rt.close()
     """)
@@ -826,12 +830,7 @@ def test_a_child_forked_while_a_call_runs_gets_answers_not_a_hang():
         rt = Runtime(model_path("dense_512k"), num_threads=1)
         x = np.ones((1, rt.info.inputs[0].shape[1]), np.float32)
         expected = rt.run(x)
-        stop = threading.Event()
-        def loop():
-            while not stop.is_set():
-                rt.run(x)
-        thread = threading.Thread(target=loop)
-        thread.start()
+        stop = calling_in_a_loop(rt, x)
         outcomes = []
         for _ in range(10):
             threading.Event().wait(0.003)
@@ -841,8 +840,7 @@ def test_a_child_forked_while_a_call_runs_gets_answers_not_a_hang():
                 os._exit(0 if np.array_equal(rt.run(x), expected) else 3)
             _, status = os.waitpid(pid, 0)
             outcomes.append(os.waitstatus_to_exitcode(status))
-        stop.set()
-        thread.join()
+        stop()
         print(*outcomes)
         rt.close()
     """, timeout=400)

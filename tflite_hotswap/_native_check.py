@@ -34,12 +34,12 @@ def main(interpreter_module: str, token: str) -> int:
     os.environ[native.ENV_VAR] = "1"
     from . import Runtime  # after the environment is set
     from .serving.backend import Backend
+    from .serving.loader import SHIPPED_MODEL
     from .training import Trainer
 
     interpreter_class = importlib.import_module(interpreter_module).Interpreter
     backend = Backend("self-test", interpreter_class, False)
-    models = resources.files("tflite_hotswap").joinpath("models")
-    served = models.joinpath("demo_v1.tflite").read_bytes()
+    served = SHIPPED_MODEL.read_bytes()
     memory = np.zeros(64 + 16, dtype=np.float32)  # 64-byte aligned, so the input is lent
     x = memory[(-memory.ctypes.data % 64) // 4:][:64].reshape(1, 64)
     x[:] = np.arange(64, dtype=np.float32).reshape(1, 64) / 7
@@ -58,7 +58,7 @@ def main(interpreter_module: str, token: str) -> int:
     finally:
         rt.close()
 
-    trainable = models.joinpath("trainable_classifier.tflite").read_bytes()
+    trainable = resources.files("tflite_hotswap").joinpath("models/trainable_classifier.tflite").read_bytes()
     features = np.linspace(-1, 1, 32 * 16, dtype=np.float32).reshape(32, 16)
     labels = (np.arange(32) % 4).astype(np.int32)
     losses: dict[str, list[float]] = {}
