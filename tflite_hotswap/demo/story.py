@@ -8,7 +8,7 @@ runs a camera-like loop at 30 frames/s on ``Runtime.from_store`` with an
 1. v2 -- adopted (validated, swapped, passes probation);
 2. v3 whose golden sample fails -- refused before any swap;
 3. v4 that passes validation but is ~100x slower -- swapped in, fails probation
-   on p99 latency, rolled back;
+   on median latency, rolled back;
 4. v5 -- the device process is killed (SIGKILL) during its probation, twice:
    each restart serves last-known-good, and the second death marks v5 bad;
 5. v6 rolled out to 10% of devices, with its share of a simulated fleet.
@@ -63,7 +63,11 @@ def device(store: str, url: str) -> int:
 
     rt = Runtime.from_store(store, model="demo", default=_model("v1"), default_version="v1", on_event=on_event)
     say(type="start", serving=rt.info.version, pid=os.getpid())
-    probation = Probation(calls=45, seconds=2.0, max_p99_ratio=10.0, min_baseline_calls=30, check_every=0.1)
+    # Judged on the median: two seconds at 30 frames/s are 60 calls, whose p99 is
+    # the worst call or two -- set by how busy the machine is (a 2 us model showed
+    # 3.7 ms beside an emulated ARM build) as much as by the model.
+    probation = Probation(calls=45, seconds=2.0, max_p50_ratio=10.0, max_p99_ratio=None, min_baseline_calls=30,
+                          check_every=0.1)
     up = Updater(rt, url, store, "demo", DEVICE_ID, interval=1.0, jitter=0.2, probation=probation,
                  on_event=on_event, backoff=(1.0, 8.0))
     stop = threading.Event()

@@ -521,7 +521,8 @@ class Updater:
         if verdict is not None and verdict.state == "passed":
             self.store.mark_current(self.model, target, good=True)
             self.state.end_probation(self.model, passed=True)
-            self._emit(ev.Promoted, version=target, calls=verdict.calls, seconds=verdict.seconds)
+            self._emit(ev.Promoted, version=target, calls=verdict.calls, seconds=verdict.seconds,
+                       latency_us=verdict.latency_us, baseline_us=verdict.baseline_us)
             try:
                 self.store.prune()
             except DeliveryError as e:

@@ -136,15 +136,24 @@ class ProbationStarted(Event):
 
 @dataclass(frozen=True)
 class Promoted(Event):
-    """Probation passed: the version is current and last-known-good."""
+    """Probation passed: the version is current and last-known-good.
+
+    ``latency_us`` is its (p50, p99) latency when judged; ``baseline_us`` the
+    previous version's (p50, p99) it was compared with (None: not compared).
+    """
 
     version: str = ""
     calls: int = 0
     seconds: float = 0.0
+    latency_us: tuple[float, float] = (0.0, 0.0)
+    baseline_us: tuple[float, float] | None = None
 
     def message(self) -> str:
+        latency = f"p50 {self.latency_us[0]:.0f} us, p99 {self.latency_us[1]:.0f} us"
+        if self.baseline_us is not None:
+            latency += f"; the previous version's {self.baseline_us[0]:.0f} and {self.baseline_us[1]:.0f} us"
         return (f"{self.model} {self.version}: promoted after {self.calls} calls and {self.seconds:.1f} s "
-                f"of probation")
+                f"of probation ({latency})")
 
 
 @dataclass(frozen=True)
