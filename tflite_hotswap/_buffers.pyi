@@ -22,3 +22,4 @@ def gather_into(samples: Sequence[Buffer], dst: Buffer, a: Sequence[float] | Non
 def kernel_body(src: Buffer, dst: Buffer, a: Sequence[float], b: Sequence[float],
                 zero_point: float = ...) -> str:
     """Which body affine_into(src, dst, a, b, zero_point) runs: "simd", "table" or "scalar" (for tests)."""
+def numpy_abi_bound() -> bool: ...

@@ -56,7 +56,7 @@ set -euo pipefail
 # delivery/store/manifest (pure Python, nothing ARM-specific) and the
 # hardening/worker suites (long waits and stress loops, ~100x slower here).
 ARM_SMOKE_TESTS="tests/test_backend.py tests/test_outputs.py tests/test_swap.py tests/test_bad_input.py
-  tests/test_symbols.py
+  tests/test_symbols.py tests/test_numpy_abi.py
   tests/test_kernels.py::test_rounding_half_away_from_zero_and_saturation
   tests/test_kernels.py::test_kernel_rejects_bad_buffers
   tests/test_kernels.py::test_byte_table_matches_reference"

@@ -51,7 +51,7 @@ cdef class Bound:
     cdef list output_views
     cdef Py_buffer* output_buffers  # one held buffer per static output view (run(out=) reads these)
     cdef int n_output_buffers
-    cdef object copy_single      # output_views[0].copy, bound once (single-output models)
+    cdef list output_dtypes      # output_views' dtypes, for copy_tensor
     cdef bint dynamic
     cdef bint needs_bind         # a failed invoke may have moved tensor memory
     cdef void* native_self       # the C++ interpreter, for the native invoke

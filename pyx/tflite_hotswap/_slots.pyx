@@ -22,7 +22,7 @@ from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport usleep
 
-from tflite_hotswap._buffers cimport (MAX_DIMS, describe_tensor, dtype_code, gather_input,
+from tflite_hotswap._buffers cimport (MAX_DIMS, copy_tensor, describe_tensor, dtype_code, gather_input,
                                       is_contiguous, itemsize_of, read_output, same_shape, set_affine,
                                       write_input)
 
@@ -235,7 +235,7 @@ cdef class Bound:
         self.output_buffers = NULL
         self.n_output_buffers = 0
         self.output_views = None
-        self.copy_single = None
+        self.output_dtypes = None
 
     cdef int bind(self) except -1:
         """Read each input tensor's address, dtype and shape; make output views."""
@@ -252,7 +252,7 @@ cdef class Bound:
             self._drop_output_views()
             self.output_views = [self.wrapper.tensor(self.wrapper, i, self.subgraph)
                                  for i in self.output_indices]
-            self.copy_single = self.output_views[0].copy if len(self.output_views) == 1 else None
+            self.output_dtypes = [view.dtype for view in self.output_views]
             self.output_buffers = <Py_buffer*>malloc(max(len(self.output_views), 1) * sizeof(Py_buffer))
             if self.output_buffers == NULL:
                 raise MemoryError()
@@ -514,8 +514,9 @@ cdef class Bound:
         if out is None:
             if not self.dynamic:
                 if n == 1:
-                    return self.copy_single()
-                results = [v.copy() for v in self.output_views]
+                    return copy_tensor(self.output_views[0], self.output_dtypes[0], &self.output_buffers[0])
+                results = [copy_tensor(self.output_views[i], self.output_dtypes[i], &self.output_buffers[i])
+                           for i in range(n)]
             else:
                 results = [self._dynamic_output(i) for i in self.output_indices]
             return results[0] if n == 1 else dict(zip(self.output_names, results))

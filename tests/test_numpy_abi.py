@@ -1,0 +1,116 @@
+"""The per-call path's direct use of numpy's ABI (``_numpy_abi.h``) against the buffer protocol it replaces.
+
+A small, exact ndarray's fields are read directly and outputs are made with
+``PyArray_NewFromDescr``.  Every input here goes through ``run()`` twice: as
+the array (the direct path where it applies) and wrapped in a ``memoryview``
+(never an ndarray: always the buffer protocol).  Both must give the same
+output, or the same error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import model_path, raw_signature_run
+
+from tflite_hotswap import InputError, Normalize, Runtime
+from tflite_hotswap._buffers import numpy_abi_bound
+
+
+class Sub(np.ndarray):
+    """A subclass: not an exact ndarray, so it takes the buffer protocol."""
+
+
+def test_the_direct_path_is_bound_with_the_installed_numpy():
+    # numpy 1.26 with tflite-runtime, numpy 2 with LiteRT: both ABIs are known.
+    assert numpy_abi_bound(), np.__version__
+
+
+def _outcome(rt: Runtime, x: object) -> object:
+    try:
+        return rt.run(x)
+    except InputError as e:
+        return f"InputError: {e}"
+
+
+def _same(a: object, b: object) -> None:
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b
+    else:
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+base = np.arange(8, dtype=np.float32).reshape(2, 4) / 7
+TINY_INPUTS = {
+    "contiguous": base[:1].copy(),
+    "strided": base.reshape(1, 8)[:, ::2],
+    "fortran": np.asfortranarray(base[:1]),
+    "row of a transposed array": base.T[:, :1].T,
+    "broadcast (stride 0)": np.broadcast_to(np.float32(0.5), (1, 4)),
+    "read-only": np.frombuffer(base[:1].tobytes(), np.float32).reshape(1, 4),
+    "big-endian": base[:1].astype(">f4"),
+    "float64": base[:1].astype(np.float64),
+    "float16": base[:1].astype(np.float16),
+    "int64": (base[:1] * 7).astype(np.int64),
+    "bool": base[:1] > 0.3,
+    "longdouble": base[:1].astype(np.longdouble),
+    "complex64": base[:1].astype(np.complex64),
+    "wrong shape": base,
+    "wrong rank": base[0],
+    "0-d": np.float32(1.0) * np.ones((), np.float32),
+}
+
+
+@pytest.mark.parametrize("kind", list(TINY_INPUTS))
+def test_an_input_gives_what_the_buffer_protocol_gives(kind):
+    x = TINY_INPUTS[kind]
+    with Runtime(model_path("tiny_f32")) as rt:
+        _same(_outcome(rt, x), _outcome(rt, memoryview(x)))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.float32, np.float64, np.int16, ">f4"])
+def test_a_normalized_input_gives_what_the_buffer_protocol_gives(dtype):
+    x = (np.arange(8 * 8 * 3) % 251).reshape(1, 8, 8, 3).astype(dtype)
+    norm = Normalize(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    with Runtime(model_path("image_small_int8"), preprocess=norm) as rt:
+        _same(_outcome(rt, x), _outcome(rt, memoryview(x)))
+
+
+def test_a_subclass_goes_through_the_buffer_protocol_with_the_same_result():
+    x = TINY_INPUTS["contiguous"]
+    with Runtime(model_path("tiny_f32")) as rt:
+        _same(rt.run(x.view(Sub)), rt.run(x))
+
+
+def test_outputs_are_fresh_owned_arrays_bit_identical_to_the_raw_interpreter():
+    x = TINY_INPUTS["contiguous"]
+    (expected,) = raw_signature_run("tiny_f32", {"x": x}).values()
+    with Runtime(model_path("tiny_f32")) as rt:
+        first, second = rt.run(x), rt.run(x)
+    for y in (first, second):
+        assert type(y) is np.ndarray and y.base is None and y.flags.owndata and y.flags.writeable
+        assert y.flags.c_contiguous and y.dtype == expected.dtype and y.tobytes() == expected.tobytes()
+    first[...] = -1  # each call's array is its own
+    assert second.tobytes() == expected.tobytes()
+
+
+def test_every_output_of_a_multi_output_model_is_a_fresh_array():
+    with Runtime(model_path("multi_io")) as rt:
+        inputs = {spec.name: np.ones(spec.shape, spec.dtype) for spec in rt.info.inputs}
+        a, b = rt.run(inputs), rt.run(inputs)
+    expected = raw_signature_run("multi_io", inputs)
+    assert set(a) == set(expected)
+    for name, value in expected.items():
+        assert a[name].dtype == value.dtype and a[name].tobytes() == value.tobytes()
+        assert a[name].flags.owndata and not np.shares_memory(a[name], b[name])
+
+
+def test_complex_outputs_keep_their_dtype():
+    with Runtime(model_path("complex_io")) as rt:
+        inputs = {spec.name: np.full(spec.shape, 1 + 2j, spec.dtype) for spec in rt.info.inputs}
+        out = rt.run(inputs)
+    expected = raw_signature_run("complex_io", inputs)
+    results = out if isinstance(out, dict) else {next(iter(expected)): out}
+    for name, value in expected.items():
+        assert results[name].dtype == value.dtype and results[name].tobytes() == value.tobytes()
