@@ -31,30 +31,40 @@ static inline int hs_msb(uint64_t v) { return 63 - __builtin_clzll(v); }
  * very call to finish.  Counters rather than a chain of stack frames: exits
  * may come in any order (greenlets), and nothing points into a dead frame. */
 #define HS_TRACKED 8
-static __thread const void *hs_tables[HS_TRACKED];
-static __thread int hs_depths[HS_TRACKED];
+typedef struct {
+    const void *tables[HS_TRACKED];
+    int depths[HS_TRACKED];
+} hs_calls_t;
+/* In a shared object a thread-local's address costs a call to __tls_get_addr,
+ * which gcc repeats inside the loops below (7 calls per run() in callgrind);
+ * behind a function that is not inlined it is looked up once per use. */
+static __thread hs_calls_t hs_calls;
+__attribute__((noinline)) static hs_calls_t *hs_this_thread(void) { return &hs_calls; }
 
 static inline void hs_enter_call(const void *table) {
+    hs_calls_t *c = hs_this_thread();
     int i, free_slot = -1;
     for (i = 0; i < HS_TRACKED; i++) {
-        if (hs_tables[i] == table && hs_depths[i] > 0) { hs_depths[i]++; return; }
-        if (free_slot < 0 && hs_depths[i] == 0) free_slot = i;
+        if (c->tables[i] == table && c->depths[i] > 0) { c->depths[i]++; return; }
+        if (free_slot < 0 && c->depths[i] == 0) free_slot = i;
     }
-    if (free_slot >= 0) { hs_tables[free_slot] = table; hs_depths[free_slot] = 1; }
+    if (free_slot >= 0) { c->tables[free_slot] = table; c->depths[free_slot] = 1; }
     /* More than HS_TRACKED runtimes nested on one thread: not tracked. */
 }
 
 static inline void hs_leave_call(const void *table) {
+    hs_calls_t *c = hs_this_thread();
     int i;
     for (i = 0; i < HS_TRACKED; i++) {
-        if (hs_tables[i] == table && hs_depths[i] > 0) { hs_depths[i]--; return; }
+        if (c->tables[i] == table && c->depths[i] > 0) { c->depths[i]--; return; }
     }
 }
 
 static inline int hs_inside_call(const void *table) {
+    hs_calls_t *c = hs_this_thread();
     int i;
     for (i = 0; i < HS_TRACKED; i++) {
-        if (hs_tables[i] == table && hs_depths[i] > 0) return 1;
+        if (c->tables[i] == table && c->depths[i] > 0) return 1;
     }
     return 0;
 }
