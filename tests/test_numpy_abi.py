@@ -114,3 +114,39 @@ def test_complex_outputs_keep_their_dtype():
     results = out if isinstance(out, dict) else {next(iter(expected)): out}
     for name, value in expected.items():
         assert results[name].dtype == value.dtype and results[name].tobytes() == value.tobytes()
+
+
+OUTS = {
+    "contiguous": lambda: np.zeros((1, 4), np.float32),
+    "read-only": lambda: np.frombuffer(bytes(16), np.float32).reshape(1, 4),
+    "strided": lambda: np.zeros((1, 8), np.float32)[:, ::2],
+    "float64": lambda: np.zeros((1, 4), np.float64),
+    "big-endian": lambda: np.zeros((1, 4), ">f4"),
+    "wrong shape": lambda: np.zeros((2, 4), np.float32),
+}
+
+
+@pytest.mark.parametrize("kind", list(OUTS))
+def test_an_out_array_is_filled_or_refused_as_through_the_buffer_protocol(kind):
+    x = TINY_INPUTS["contiguous"]
+    direct, through_buffer = OUTS[kind](), OUTS[kind]()
+    with Runtime(model_path("tiny_f32")) as rt:
+        a = _outcome_out(rt, x, direct)
+        b = _outcome_out(rt, x, memoryview(through_buffer))
+    assert a == b.replace("memoryview", "ndarray")
+    assert direct.tobytes() == through_buffer.tobytes()
+    if kind == "contiguous":
+        assert a == "filled" and direct.tobytes() == rt_reference(x).tobytes()
+
+
+def _outcome_out(rt: Runtime, x: np.ndarray, out: object) -> str:
+    try:
+        assert rt.run(x, out=out) is out
+        return "filled"
+    except InputError as e:
+        return f"InputError: {e}"
+
+
+def rt_reference(x: np.ndarray) -> np.ndarray:
+    (expected,) = raw_signature_run("tiny_f32", {"x": x}).values()
+    return expected

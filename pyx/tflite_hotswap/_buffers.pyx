@@ -27,7 +27,7 @@ cdef extern from "_buffers_support.h":
 
 cdef extern from "_numpy_abi.h":
     bint hs_np_bind(object capsule)
-    bint hs_np_view(object obj, Py_buffer* view, int max_dims, Py_ssize_t max_bytes) noexcept
+    bint hs_np_view(object obj, Py_buffer* view, int max_dims, Py_ssize_t max_bytes, bint writable) noexcept
     object hs_np_copy_of(object descr, int nd, const Py_ssize_t* dims, const void* src, Py_ssize_t nbytes)
 
 
@@ -568,7 +568,7 @@ cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int n
     cdef Py_buffer view
     cdef int code
     cdef Py_ssize_t nbytes
-    if not hs_np_view(src, &view, MAX_DIMS, NOGIL_BYTES):  # a small ndarray: its fields, read directly
+    if not hs_np_view(src, &view, MAX_DIMS, NOGIL_BYTES, False):  # a small ndarray: its fields, read directly
         acquire(src, &view, name)
     try:
         code = check_dtype(k, &view, name)
@@ -643,10 +643,11 @@ cdef int read_output(const Py_buffer* src, object out, object name) except -1:
     """Copy a tensor's bytes into the caller's array ``out`` (same dtype and shape)."""
     cdef Py_buffer view
     cdef Kernel k
-    try:
-        PyObject_GetBuffer(out, &view, PyBUF_RECORDS_RO | PyBUF_WRITABLE)
-    except (TypeError, BufferError, ValueError) as e:
-        raise InputError(f"out[{name!r}]: expected a writable array, got {type(out).__name__}") from e
+    if not hs_np_view(out, &view, MAX_DIMS, NOGIL_BYTES, True):  # a small ndarray: its fields, read directly
+        try:
+            PyObject_GetBuffer(out, &view, PyBUF_RECORDS_RO | PyBUF_WRITABLE)
+        except (TypeError, BufferError, ValueError) as e:
+            raise InputError(f"out[{name!r}]: expected a writable array, got {type(out).__name__}") from e
     try:
         src_code = dtype_code(src.format, src.itemsize)
         code = dtype_code(view.format, view.itemsize)
@@ -659,7 +660,10 @@ cdef int read_output(const Py_buffer* src, object out, object name) except -1:
                 + ("" if is_contiguous(&view) else " (not contiguous)"))
         k.affine = False
         k.dst = src_code
-        with nogil:
+        if view.len >= NOGIL_BYTES:
+            with nogil:
+                write(&k, src, src_code, <char*>view.buf, 0)
+        else:
             write(&k, src, src_code, <char*>view.buf, 0)
         return 0
     finally:

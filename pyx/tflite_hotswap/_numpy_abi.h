@@ -7,7 +7,7 @@
  *     &PyArray_Type, entry 94 PyArray_NewFromDescr (the same indices in the
  *     1.x and 2.x tables);
  *   - the head of an ndarray (PyArrayObject_fields: data, nd, dimensions,
- *     strides, base, descr), unchanged from 1.x to 2.x;
+ *     strides, base, descr, flags), unchanged from 1.x to 2.x;
  *   - the head of a dtype up to type_num (PyArray_Descr), which 2.x keeps in
  *     place on purpose ("_former_flags ... to ensure type_num is stable").
  *
@@ -29,7 +29,10 @@ typedef struct {
     Py_ssize_t *strides;
     PyObject *base;
     PyObject *descr;
+    int flags; /* NPY_ARRAY_WRITEABLE = 0x0400 in 1.x and 2.x */
 } hs_ndarray;
+
+#define HS_NPY_ARRAY_WRITEABLE 0x0400
 
 typedef struct {
     PyObject_HEAD
@@ -81,12 +84,13 @@ static inline PyObject *hs_np_copy_of(PyObject *descr, int nd, const Py_ssize_t 
 }
 
 /* Fill view from obj if it is an exact ndarray of a builtin numeric dtype in
- * native byte order, at most max_dims dimensions and under max_bytes; 1 if
- * filled, 0 to go through the buffer protocol instead.  The view holds no
+ * native byte order, at most max_dims dimensions and under max_bytes (and
+ * writeable, if asked); 1 if filled, 0 to go through the buffer protocol
+ * instead, which raises whatever error is due.  The view holds no
  * reference (view->obj is NULL: PyBuffer_Release does nothing): it is valid
  * only while the caller holds obj and the GIL -- hence max_bytes, below which
  * a copy runs without releasing the GIL. */
-static inline int hs_np_view(PyObject *obj, Py_buffer *view, int max_dims, Py_ssize_t max_bytes) {
+static inline int hs_np_view(PyObject *obj, Py_buffer *view, int max_dims, Py_ssize_t max_bytes, int writable) {
     static const char letters[] = "?bBhHiIlLqQefdg";
     static const char *formats[] = {"?", "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "e", "f", "d", "g"};
     static const Py_ssize_t sizes[] = {1, 1, 1, 2, 2, 4, 4, sizeof(long), sizeof(long), 8, 8, 2, 4, 8,
@@ -97,6 +101,7 @@ static inline int hs_np_view(PyObject *obj, Py_buffer *view, int max_dims, Py_ss
     Py_ssize_t n;
     int d;
     if (!hs_np_is_array(obj) || array->nd > max_dims) return 0;
+    if (writable && !(array->flags & HS_NPY_ARRAY_WRITEABLE)) return 0;
     descr = (hs_descr_head *)array->descr;
     if ((descr->type_num > 13 && descr->type_num != 23) || descr->type_num < 0) return 0; /* NPY_HALF = 23 */
     if (descr->byteorder != '=' && descr->byteorder != '|') return 0;
@@ -112,7 +117,7 @@ static inline int hs_np_view(PyObject *obj, Py_buffer *view, int max_dims, Py_ss
     view->obj = NULL;
     view->len = n;
     view->itemsize = sizes[at - letters];
-    view->readonly = 1;
+    view->readonly = !writable;
     view->ndim = array->nd;
     view->format = (char *)formats[at - letters];
     view->shape = array->dimensions;
