@@ -9,6 +9,8 @@ output, or the same error.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import model_path, raw_signature_run
@@ -150,3 +152,49 @@ def _outcome_out(rt: Runtime, x: np.ndarray, out: object) -> str:
 def rt_reference(x: np.ndarray) -> np.ndarray:
     (expected,) = raw_signature_run("tiny_f32", {"x": x}).values()
     return expected
+
+
+# Found by review: each of these took the direct path and behaved differently
+# from the buffer protocol before dtypes were matched by identity.
+UNION = np.dtype(("f4", [("r", "u1"), ("g", "u1"), ("b", "u1"), ("a", "u1")]))  # float32 with fields
+
+
+@pytest.mark.parametrize("rows", [2, 2048])  # under and at the 64 KiB direct-path limit
+def test_a_float32_with_fields_is_refused_at_every_size(rows):
+    x = np.ones((rows, 8), UNION)
+    with Runtime(model_path("dynamic_batch")) as rt:
+        outcome = _outcome(rt, x)
+        assert outcome == _outcome(rt, memoryview(x))
+    assert outcome == "InputError: input 'x': expected dtype float32, got unsupported format 'T{B:r:B:g:B:b:B:a:}'"
+
+
+def test_an_out_array_with_fields_is_refused():
+    x = TINY_INPUTS["contiguous"]
+    with Runtime(model_path("tiny_f32")) as rt:
+        assert _outcome_out(rt, x, np.zeros((1, 4), UNION)).startswith("InputError: out['y']: expected")
+
+
+def test_an_empty_out_array_with_odd_strides_is_filled_as_through_the_buffer_protocol():
+    out = np.zeros((2, 6), np.float32)[:0, ::2]  # (0, 3), C-contiguous for numpy whatever its strides
+    with Runtime(model_path("fill_dynamic")) as rt:
+        assert _outcome_out(rt, np.array([0, 3], np.int32), out) == "filled"
+
+
+def test_a_broadcast_out_array_still_gets_numpys_warning():
+    x = TINY_INPUTS["contiguous"]
+    out = np.broadcast_arrays(np.zeros(4, np.float32), np.zeros((1, 4)))[0]
+    with Runtime(model_path("tiny_f32")) as rt, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rt.run(x, out=out)
+    assert any(issubclass(w.category, DeprecationWarning) and "broadcast_arrays" in str(w.message) for w in seen)
+
+
+def test_a_large_output_is_copied_whole():
+    # 4096 rows of dynamic_batch: a 64 KiB static output, copied with the GIL released.
+    x = np.linspace(-1, 1, 4096 * 8, dtype=np.float32).reshape(4096, 8)
+    with Runtime(model_path("dynamic_batch")) as rt:
+        got = rt.run(x)
+        name = rt.info.inputs[0].name
+    (expected,) = raw_signature_run("dynamic_batch", {name: x}).values()
+    assert got.nbytes >= 64 * 1024 and got.flags.owndata
+    assert got.shape == expected.shape and got.tobytes() == expected.tobytes()

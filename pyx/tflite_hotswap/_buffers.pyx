@@ -26,9 +26,11 @@ cdef extern from "_buffers_support.h":
                                Py_ssize_t cycle) nogil
 
 cdef extern from "_numpy_abi.h":
-    bint hs_np_bind(object capsule)
+    const char* HS_NP_LETTERS
+    bint hs_np_bind(object capsule, object dtypes)
     bint hs_np_view(object obj, Py_buffer* view, int max_dims, Py_ssize_t max_bytes, bint writable) noexcept
-    object hs_np_copy_of(object descr, int nd, const Py_ssize_t* dims, const void* src, Py_ssize_t nbytes)
+    object hs_np_empty(object descr, int nd, const Py_ssize_t* dims)
+    char* hs_np_data(object array) noexcept
 
 
 cdef bint _bind_numpy():
@@ -36,7 +38,9 @@ cdef bint _bind_numpy():
         from numpy._core import _multiarray_umath as umath  # numpy 2
     except ImportError:
         from numpy.core import _multiarray_umath as umath  # numpy 1.x
-    return hs_np_bind(getattr(umath, "_ARRAY_API", None))
+    import numpy
+    dtypes = tuple([numpy.dtype(chr(letter)) for letter in (<bytes>HS_NP_LETTERS)])
+    return hs_np_bind(getattr(umath, "_ARRAY_API", None), dtypes)
 
 
 cdef bint numpy_abi = _bind_numpy()
@@ -634,9 +638,17 @@ cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src):
     ``tensor`` is the tensor's numpy view, ``dtype`` its dtype and ``src`` a
     buffer held on it (C-contiguous, as every tensor).
     """
+    cdef char* data
     if not numpy_abi:
         return tensor.copy()
-    return hs_np_copy_of(dtype, src.ndim, src.shape, src.buf, src.len)
+    result = hs_np_empty(dtype, src.ndim, src.shape)
+    data = hs_np_data(result)
+    if src.len >= NOGIL_BYTES:
+        with nogil:
+            memcpy(data, src.buf, src.len)
+    else:
+        memcpy(data, src.buf, src.len)
+    return result
 
 
 cdef int read_output(const Py_buffer* src, object out, object name) except -1:

@@ -1,4 +1,4 @@
-/* The three pieces of numpy's C ABI the per-call path uses, without numpy's
+/* The two pieces of numpy's C ABI the per-call path uses, without numpy's
  * headers at build time (so one build serves numpy 1.x and 2.x, and building
  * from the sdist on a board needs no numpy):
  *
@@ -7,9 +7,12 @@
  *     &PyArray_Type, entry 94 PyArray_NewFromDescr (the same indices in the
  *     1.x and 2.x tables);
  *   - the head of an ndarray (PyArrayObject_fields: data, nd, dimensions,
- *     strides, base, descr, flags), unchanged from 1.x to 2.x;
- *   - the head of a dtype up to type_num (PyArray_Descr), which 2.x keeps in
- *     place on purpose ("_former_flags ... to ensure type_num is stable").
+ *     strides, base, descr, flags), unchanged from 1.x to 2.x.
+ *
+ * dtypes are never read: an array qualifies only if its dtype *is* one of the
+ * builtin dtype objects hs_np_bind() was given (np.dtype("f") and so on, which
+ * numpy shares between all arrays of that type), so a dtype with fields,
+ * metadata or another byte order takes the buffer protocol.
  *
  * hs_np_bind() accepts only the two ABI versions those facts were read from
  * (NPY_ABI_VERSION 0x01000009 for 1.x, 0x02000000 for 2.x); with any other,
@@ -33,27 +36,28 @@ typedef struct {
 } hs_ndarray;
 
 #define HS_NPY_ARRAY_WRITEABLE 0x0400
+#define HS_NPY_ARRAY_WARN_ON_WRITE (1u << 31) /* numpy-internal: a broadcast result; writing warns */
 
-typedef struct {
-    PyObject_HEAD
-    PyTypeObject *typeobj;
-    char kind;
-    char type;      /* the buffer-protocol format letter of a builtin type */
-    char byteorder; /* '=' native, '|' not applicable, '<' / '>' explicit */
-    char flags_or_former_flags;
-    int type_num;
-} hs_descr_head;
+/* The builtin dtypes an array may have to be read directly, with the buffer
+ * protocol's format letter and item size of each. */
+#define HS_NP_LETTERS "?bBhHiIlLqQefdg"
+#define HS_NP_TYPES 15
 
 typedef PyObject *(*hs_new_from_descr)(PyTypeObject *, PyObject *, int, const Py_ssize_t *,
                                        const Py_ssize_t *, void *, int, PyObject *);
 
 static void **hs_np_api = NULL;
+static PyObject *hs_np_dtypes[HS_NP_TYPES];
 
-/* Bind to numpy's table if its ABI is one of the two known; 1 if bound. */
-static int hs_np_bind(PyObject *capsule) {
+/* Bind to numpy's table if its ABI is one of the two known, with dtypes the
+ * builtin dtype of each letter of HS_NP_LETTERS, in order (kept for good);
+ * 1 if bound. */
+static int hs_np_bind(PyObject *capsule, PyObject *dtypes) {
     void **api;
     unsigned int abi;
-    if (!PyCapsule_CheckExact(capsule)) return 0;
+    int i;
+    if (!PyCapsule_CheckExact(capsule) || !PyTuple_CheckExact(dtypes) || PyTuple_GET_SIZE(dtypes) != HS_NP_TYPES)
+        return 0;
     api = (void **)PyCapsule_GetPointer(capsule, NULL);
     if (api == NULL) {
         PyErr_Clear();
@@ -62,6 +66,10 @@ static int hs_np_bind(PyObject *capsule) {
     abi = ((unsigned int (*)(void))api[0])();
     if (abi != 0x01000009u && abi != 0x02000000u) return 0;
     if (sizeof(Py_ssize_t) != sizeof(void *)) return 0;
+    for (i = 0; i < HS_NP_TYPES; i++) {
+        hs_np_dtypes[i] = PyTuple_GET_ITEM(dtypes, i);
+        Py_INCREF(hs_np_dtypes[i]);
+    }
     hs_np_api = api;
     return 1;
 }
@@ -71,55 +79,50 @@ static inline int hs_np_is_array(PyObject *obj) {
     return hs_np_api != NULL && Py_TYPE(obj) == (PyTypeObject *)hs_np_api[2];
 }
 
-/* A new C-ordered array of descr (a dtype object) and shape, holding a copy of
- * nbytes from src; NULL with an exception set on failure. */
-static inline PyObject *hs_np_copy_of(PyObject *descr, int nd, const Py_ssize_t *dims, const void *src,
-                                      Py_ssize_t nbytes) {
-    PyObject *array;
+/* A new, uninitialised C-ordered array of descr (a dtype object) and shape;
+ * NULL with an exception set on failure. */
+static inline PyObject *hs_np_empty(PyObject *descr, int nd, const Py_ssize_t *dims) {
     Py_INCREF(descr); /* PyArray_NewFromDescr steals it */
-    array = ((hs_new_from_descr)hs_np_api[94])((PyTypeObject *)hs_np_api[2], descr, nd, dims, NULL, NULL, 0,
-                                               NULL);
-    if (array != NULL && nbytes > 0) memcpy(((hs_ndarray *)array)->data, src, (size_t)nbytes);
-    return array;
+    return ((hs_new_from_descr)hs_np_api[94])((PyTypeObject *)hs_np_api[2], descr, nd, dims, NULL, NULL, 0, NULL);
 }
 
-/* Fill view from obj if it is an exact ndarray of a builtin numeric dtype in
- * native byte order, at most max_dims dimensions and under max_bytes (and
- * writeable, if asked); 1 if filled, 0 to go through the buffer protocol
- * instead, which raises whatever error is due.  The view holds no
- * reference (view->obj is NULL: PyBuffer_Release does nothing): it is valid
- * only while the caller holds obj and the GIL -- hence max_bytes, below which
- * a copy runs without releasing the GIL. */
+static inline char *hs_np_data(PyObject *array) { return ((hs_ndarray *)array)->data; }
+
+/* Fill view from obj if it is an exact, non-empty ndarray of one of the
+ * bound builtin dtypes, at most max_dims dimensions and under max_bytes (and
+ * writeable without a warning, if asked); 1 if filled, 0 to go through the
+ * buffer protocol instead, which raises whatever error is due (and gives an
+ * empty array the strides it expects).  The view holds no reference
+ * (view->obj is NULL: PyBuffer_Release does nothing): it is valid only while
+ * the caller holds obj and the GIL -- hence max_bytes, below which a copy
+ * runs without releasing the GIL. */
 static inline int hs_np_view(PyObject *obj, Py_buffer *view, int max_dims, Py_ssize_t max_bytes, int writable) {
-    static const char letters[] = "?bBhHiIlLqQefdg";
-    static const char *formats[] = {"?", "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "e", "f", "d", "g"};
-    static const Py_ssize_t sizes[] = {1, 1, 1, 2, 2, 4, 4, sizeof(long), sizeof(long), 8, 8, 2, 4, 8,
-                                       sizeof(long double)};
+    static const char *formats[HS_NP_TYPES] = {"?", "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q",
+                                               "e", "f", "d", "g"};
+    static const Py_ssize_t sizes[HS_NP_TYPES] = {1, 1, 1, 2, 2, 4, 4, sizeof(long), sizeof(long), 8, 8,
+                                                  2, 4, 8, sizeof(long double)};
     hs_ndarray *array = (hs_ndarray *)obj;
-    hs_descr_head *descr;
-    const char *at;
     Py_ssize_t n;
-    int d;
+    int d, t;
     if (!hs_np_is_array(obj) || array->nd > max_dims) return 0;
-    if (writable && !(array->flags & HS_NPY_ARRAY_WRITEABLE)) return 0;
-    descr = (hs_descr_head *)array->descr;
-    if ((descr->type_num > 13 && descr->type_num != 23) || descr->type_num < 0) return 0; /* NPY_HALF = 23 */
-    if (descr->byteorder != '=' && descr->byteorder != '|') return 0;
-    at = descr->type != 0 ? strchr(letters, descr->type) : NULL;
-    if (at == NULL) return 0;
-    n = sizes[at - letters];
+    if (writable && (!(array->flags & HS_NPY_ARRAY_WRITEABLE) || (array->flags & HS_NPY_ARRAY_WARN_ON_WRITE)))
+        return 0;
+    for (t = 0; t < HS_NP_TYPES && hs_np_dtypes[t] != array->descr; t++) {
+    }
+    if (t == HS_NP_TYPES) return 0;
+    n = sizes[t];
     for (d = 0; d < array->nd; d++) {
         if (array->dimensions[d] != 0 && n > PY_SSIZE_T_MAX / array->dimensions[d]) return 0;
         n *= array->dimensions[d];
     }
-    if (n >= max_bytes) return 0;
+    if (n == 0 || n >= max_bytes) return 0;
     view->buf = array->data;
     view->obj = NULL;
     view->len = n;
-    view->itemsize = sizes[at - letters];
+    view->itemsize = sizes[t];
     view->readonly = !writable;
     view->ndim = array->nd;
-    view->format = (char *)formats[at - letters];
+    view->format = (char *)formats[t];
     view->shape = array->dimensions;
     view->strides = array->strides;
     view->suboffsets = NULL;

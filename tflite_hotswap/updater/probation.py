@@ -39,8 +39,8 @@ class Probation:
         max_p50_ratio: highest median latency as a multiple of the previous
             version's (None, the default: not judged).
         health: optional ``health(info, stats) -> bool`` asked at the end.
-        min_baseline_calls: the p99 ratio is judged only if the previous
-            version served at least this many calls on this runtime.
+        min_baseline_calls: the latency ratios are judged only if the
+            previous version served at least this many calls on this runtime.
         check_every: seconds between looks at the statistics.
 
     Raises:
@@ -79,7 +79,8 @@ class Verdict:
         calls: calls served during the probation so far.
         model_errors: model errors during the probation so far.
         seconds: seconds elapsed.
-        latency_us: the version's (p50, p99) latency when judged (zeros while pending).
+        latency_us: the version's (p50, p99) latency when judged (zeros while
+            pending, or when the error budget failed it first).
         baseline_us: the previous version's (p50, p99) it was compared with
             (None: not compared -- no baseline, or too few baseline calls).
     """
