@@ -6,10 +6,10 @@ numpy's headers, so one build serves numpy 1.x and 2.x.  The per-call path
 alone reads small ndarrays' fields and makes output arrays through the few
 pieces of numpy's ABI that 1.x and 2.x share (``_numpy_abi.h``): numpy's buffer
 export and ``ndarray.copy`` cost more than the tiny model they feed (callgrind:
-about 600 and 2,400 instructions per call, against 770 for the invoke).
-Where that ABI is not the known one, the buffer protocol serves.  The Python-level functions at
-the bottom expose the same kernels the runtime uses, for tests and for callers
-that manage their own buffers.
+about 600 and 2,400 instructions per call, against 770 for the invoke).  Where
+that ABI is not the known one, the buffer protocol serves.  The Python-level
+functions at the bottom expose the same kernels the runtime uses, for tests and
+for callers that manage their own buffers.
 """
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
