@@ -120,7 +120,9 @@ def main() -> int:
         print(f"\n{'run() loop under swaps':<46}" + "".join(f"{k:>12}" for k in keys[:7]) + "  max/median stall per swap (ms)")
         for b in swaps:
             e = b["extra_info"]
-            print(f"{b['name'][len('test_run_loop_latency'):]:<46}" + "".join(f"{e[k]:>12}" for k in keys[:7])
+            name = b["name"].replace("test_run_loop_latency", "").replace("test_tiny_loop_beside_20mb_swaps",
+                                                                           "tiny loop beside 20mb")
+            print(f"{name:<46}" + "".join(f"{e[k]:>12}" for k in keys[:7])
                   + (f"  {e['max_stall_per_swap_ms']} / {e['median_stall_per_swap_ms']}" if e["swaps"] else ""))
     scaling = {b["name"]: b["extra_info"]["calls_per_second"] for b in report["benchmarks"] if b["group"] == "scaling"}
     if len(scaling) == 2:

@@ -20,6 +20,7 @@ from typing import Any
 from .. import _slots
 from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
 from ..errors import InputError, MisuseError, ModelUnavailableError, RuntimeBusyError, RuntimeClosedError
+from . import heap
 from .backend import load_backend
 from .contract import Contract, TensorSpec, check_compatible
 from .gil import short_turns
@@ -179,6 +180,7 @@ class Runtime(SlotTable):
                               f"Normalize, got {type(preprocess).__name__}")
         self.wait_timeout = float(wait_timeout)
         self._backend = load_backend(backend)
+        heap.tune()
         self._isolate = (not self._backend.verifies_models) if isolate is None else bool(isolate)
         self._signature = signature
         self._num_threads = num_threads
@@ -432,7 +434,7 @@ class Runtime(SlotTable):
             # Freed here and now, before the new model is probed or loaded: the
             # point of this policy is never to hold both.  Callers are waiting
             # through the gap anyway; the swapping thread pays the destruction.
-            self._take_slot(old).release_all()
+            _release(self._take_slot(old))
             self._free.give(old)
         try:
             info = self._load_and_publish(data, version, allow_contract_change, keys)
@@ -637,9 +639,10 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
                     pending[item] = time.monotonic()
                 elif kind == "bound":
                     item.release()
+                    heap.give_back()
                 else:  # "adopt": the slots of a runtime that was dropped unclosed
                     for slot in item:
-                        slot.release_all()
+                        _release(slot)
             except Exception:
                 logger.exception("reclaimer: releasing a %s failed", kind)
             del job, item
@@ -659,7 +662,7 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
                 started = time.perf_counter()
                 slot = table._take(index) if table is not None else None
                 if slot is not None:
-                    slot.release_all()
+                    _release(slot)
                 del slot
                 logger.debug("reclaimer: released slot %d in %.2f ms", index, (time.perf_counter() - started) * 1e3)
             except Exception:
@@ -667,6 +670,12 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
             free.give(index)
             delay = 1e-5
         del table
+
+
+def _release(slot: Slot) -> None:
+    """Destroy a slot's interpreters, then give their memory back to the OS off the GIL (:mod:`.heap`)."""
+    slot.release_all()
+    heap.give_back()
 
 
 def _cancel_stuck(table: SlotTable, index: int) -> bool:
