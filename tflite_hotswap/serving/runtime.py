@@ -20,7 +20,6 @@ from typing import Any
 from .. import _slots
 from .._slots import Bound, LatencyStats, Slot, SlotTable, Worker
 from ..errors import InputError, MisuseError, ModelUnavailableError, RuntimeBusyError, RuntimeClosedError
-from . import heap
 from .backend import load_backend
 from .contract import Contract, TensorSpec, check_compatible
 from .gil import short_turns
@@ -180,7 +179,6 @@ class Runtime(SlotTable):
                               f"Normalize, got {type(preprocess).__name__}")
         self.wait_timeout = float(wait_timeout)
         self._backend = load_backend(backend)
-        heap.tune()
         self._isolate = (not self._backend.verifies_models) if isolate is None else bool(isolate)
         self._signature = signature
         self._num_threads = num_threads
@@ -434,7 +432,7 @@ class Runtime(SlotTable):
             # Freed here and now, before the new model is probed or loaded: the
             # point of this policy is never to hold both.  Callers are waiting
             # through the gap anyway; the swapping thread pays the destruction.
-            _release(self._take_slot(old))
+            self._take_slot(old).release_all()
             self._free.give(old)
         try:
             info = self._load_and_publish(data, version, allow_contract_change, keys)
@@ -639,10 +637,9 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
                     pending[item] = time.monotonic()
                 elif kind == "bound":
                     item.release()
-                    heap.give_back()
                 else:  # "adopt": the slots of a runtime that was dropped unclosed
                     for slot in item:
-                        _release(slot)
+                        slot.release_all()
             except Exception:
                 logger.exception("reclaimer: releasing a %s failed", kind)
             del job, item
@@ -662,7 +659,7 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
                 started = time.perf_counter()
                 slot = table._take(index) if table is not None else None
                 if slot is not None:
-                    _release(slot)
+                    slot.release_all()
                 del slot
                 logger.debug("reclaimer: released slot %d in %.2f ms", index, (time.perf_counter() - started) * 1e3)
             except Exception:
@@ -670,12 +667,6 @@ def _reclaim(table_ref: weakref.ref[SlotTable], jobs: queue.SimpleQueue[Any], fr
             free.give(index)
             delay = 1e-5
         del table
-
-
-def _release(slot: Slot) -> None:
-    """Destroy a slot's interpreters, then give their memory back to the OS off the GIL (:mod:`.heap`)."""
-    slot.release_all()
-    heap.give_back()
 
 
 def _cancel_stuck(table: SlotTable, index: int) -> bool:
