@@ -7,6 +7,13 @@ calls (must be 0), p50/p99/p99.9/max call latency, and per swap the longest
 call from the swap's start to the next swap's start -- so the retired
 version's destruction on the reclaimer thread counts too.  The stall is that
 longest call minus the loop's median call (the invoke itself is not a stall).
+
+On the 20 MB model every call reads 20 MB of weights, so its calls also slow
+down when the cache or the memory bus is busy: the first call on a version the
+cache has not seen, calls beside the load's weight packing.  The "beside" test
+runs the loop on a tiny model in a runtime of its own while the 20 MB one
+swaps: that loop waits only for what the swaps make the process wait for (the
+GIL above all).
 """
 
 from __future__ import annotations
