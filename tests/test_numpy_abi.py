@@ -198,3 +198,86 @@ def test_a_large_output_is_copied_whole():
     (expected,) = raw_signature_run("dynamic_batch", {name: x}).values()
     assert got.nbytes >= 64 * 1024 and got.flags.owndata
     assert got.shape == expected.shape and got.tobytes() == expected.tobytes()
+
+
+# Recycling: a small result nothing refers to any more is filled again by a
+# later call instead of allocating a new array.  Never one anything can still see.
+
+def _two_inputs(rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    shape = rt.info.inputs[0].shape
+    return np.full(shape, 1.0, np.float32), np.full(shape, -3.0, np.float32)
+
+
+def _recycled(rt: Runtime, x: np.ndarray, previous_id: int) -> bool:
+    # Arrays of the same size take whatever memory a freed result left, so a
+    # new result cannot land on the old one's id by chance.
+    blockers = [np.empty(rt.info.outputs[0].shape, np.float32) for _ in range(8)]
+    recycled = id(rt.run(x)) == previous_id
+    del blockers
+    return recycled
+
+
+def test_a_dropped_result_is_recycled_and_a_held_one_never_is():
+    with Runtime(model_path("tiny_f32")) as rt:
+        x1, x2 = _two_inputs(rt)
+        y = rt.run(x1)
+        dropped = id(y)
+        del y
+        assert _recycled(rt, x1, dropped)
+        held = rt.run(x1)
+        kept = held.copy()
+        for x in (x2, x1, x2, x2):  # `y = rt.run(x)`: y holds the previous result during the call
+            y = rt.run(x)
+            assert y is not held
+            assert y.tobytes() == rt_reference_tiny(x).tobytes()
+        assert held.tobytes() == kept.tobytes()
+
+
+@pytest.mark.parametrize("keep", ["view", "memoryview", "weakref", "item_view"])
+def test_a_result_something_still_sees_is_never_refilled(keep):
+    import weakref
+
+    with Runtime(model_path("tiny_f32")) as rt:
+        x1, x2 = _two_inputs(rt)
+        y = rt.run(x1)
+        expected = y.copy()
+        seen = {"view": lambda a: a[:, 1:], "memoryview": memoryview, "weakref": weakref.ref,
+                "item_view": lambda a: a[0]}[keep](y)
+        del y
+        for _ in range(4):
+            rt.run(x2)
+        alive = seen() if keep == "weakref" else seen
+        if alive is not None:
+            assert np.asarray(alive).tobytes() == np.asarray(expected if keep == "weakref" else
+                                                             {"view": expected[:, 1:], "memoryview": expected,
+                                                              "item_view": expected[0]}[keep]).tobytes()
+
+
+@pytest.mark.parametrize("change", ["readonly", "shape", "dtype", "strides"])
+def test_a_result_changed_in_place_is_not_recycled_as_it_is(change):
+    with Runtime(model_path("tiny_f32")) as rt:
+        x1, x2 = _two_inputs(rt)
+        y = rt.run(x1)
+        if change == "readonly":
+            y.flags.writeable = False
+        elif change == "shape":
+            y.shape = (y.size,)
+        elif change == "dtype":
+            y.dtype = np.int32
+        else:
+            with warnings.catch_warnings():  # deprecated in numpy 2.4, still possible
+                warnings.simplefilter("ignore", DeprecationWarning)
+                y.strides = (0, 0)
+        changed = id(y)
+        del y
+        for x in (x2, x1, x2):
+            z = rt.run(x)
+            assert id(z) != changed
+            assert z.flags.writeable and z.shape == rt.info.outputs[0].shape and z.dtype == np.float32
+            assert z.tobytes() == rt_reference_tiny(x).tobytes()
+            del z
+
+
+def rt_reference_tiny(x: np.ndarray) -> np.ndarray:
+    (expected,) = raw_signature_run("tiny_f32", {"x": x}).values()
+    return expected

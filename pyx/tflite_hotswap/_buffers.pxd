@@ -62,5 +62,5 @@ cdef int write_input(const Kernel* k, object src, const Py_ssize_t* shape, int n
                      object name) except -1
 cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_shape, int ndim,
                       char* dst, object name) except -1
-cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src)
+cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src, list spares, int first)
 cdef int read_output(const Py_buffer* src, object out, object name) except -1

@@ -13,6 +13,7 @@ for callers that manage their own buffers.
 """
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.ref cimport PyObject
 from libc.stdint cimport int8_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
@@ -25,12 +26,17 @@ cdef extern from "_buffers_support.h":
                                bint dst_signed, const float* a, const float* bh, Py_ssize_t m,
                                Py_ssize_t cycle) nogil
 
+cdef extern from "Python.h":
+    PyObject* list_item "PyList_GET_ITEM"(object list, Py_ssize_t i) noexcept  # borrowed: no reference taken
+
+
 cdef extern from "_numpy_abi.h":
     const char* HS_NP_LETTERS
     bint hs_np_bind(object capsule, object dtypes)
     bint hs_np_view(object obj, Py_buffer* view, int max_dims, Py_ssize_t max_bytes, bint writable) noexcept
     object hs_np_empty(object descr, int nd, const Py_ssize_t* dims)
     char* hs_np_data(object array) noexcept
+    bint hs_np_recyclable(PyObject* array, object descr, const Py_buffer* src) noexcept
 
 
 cdef bint _bind_numpy():
@@ -632,22 +638,37 @@ cdef int gather_input(const Kernel* k, tuple samples, const Py_ssize_t* sample_s
         free(codes)
 
 
-cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src):
+cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src, list spares, int first):
     """A new array holding a copy of a tensor (``tensor.copy()``, made directly when numpy's ABI is bound).
 
     ``tensor`` is the tensor's numpy view, ``dtype`` its dtype and ``src`` a
-    buffer held on it (C-contiguous, as every tensor).
+    buffer held on it (C-contiguous, as every tensor).  ``spares[first]`` and
+    ``spares[first + 1]`` keep the last two small results: one that nothing
+    else refers to any more is filled again instead of allocating (numpy's
+    allocation is most of what a call costs beyond the invoke).  Two, so that
+    ``y = rt.run(x)``, whose ``y`` holds the previous result during the call,
+    recycles too.
     """
     cdef char* data
+    cdef int k
     if not numpy_abi:
         return tensor.copy()
-    result = hs_np_empty(dtype, src.ndim, src.shape)
-    data = hs_np_data(result)
     if src.len >= NOGIL_BYTES:
+        result = hs_np_empty(dtype, src.ndim, src.shape)
+        data = hs_np_data(result)
         with nogil:
             memcpy(data, src.buf, src.len)
-    else:
-        memcpy(data, src.buf, src.len)
+        return result
+    for k in range(first, first + 2):
+        if hs_np_recyclable(list_item(spares, k), dtype, src):
+            result = <object>list_item(spares, k)
+            memcpy(hs_np_data(result), src.buf, src.len)
+            return result
+    result = hs_np_empty(dtype, src.ndim, src.shape)
+    memcpy(hs_np_data(result), src.buf, src.len)
+    # The newer of the two spares stays; the older gives way.
+    spares[first + 1] = spares[first]
+    spares[first] = result
     return result
 
 

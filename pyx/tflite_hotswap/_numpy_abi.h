@@ -33,8 +33,11 @@ typedef struct {
     PyObject *base;
     PyObject *descr;
     int flags; /* NPY_ARRAY_WRITEABLE = 0x0400 in 1.x and 2.x */
+    PyObject *weakreflist;
 } hs_ndarray;
 
+#define HS_NPY_ARRAY_C_CONTIGUOUS 0x0001
+#define HS_NPY_ARRAY_OWNDATA 0x0004
 #define HS_NPY_ARRAY_WRITEABLE 0x0400
 #define HS_NPY_ARRAY_WARN_ON_WRITE (1u << 31) /* numpy-internal: a broadcast result; writing warns */
 
@@ -87,6 +90,29 @@ static inline PyObject *hs_np_empty(PyObject *descr, int nd, const Py_ssize_t *d
 }
 
 static inline char *hs_np_data(PyObject *array) { return ((hs_ndarray *)array)->data; }
+
+/* Whether array, made by hs_np_empty(descr, src->ndim, src->shape) and since
+ * held in a list only, may be filled again and returned as a new result:
+ * the list's is its only reference (no variable, view -- a view holds its
+ * base --, buffer export or weak reference can see it) and nothing about it
+ * was changed in place (dtype, shape, strides, data, writeability). */
+static inline int hs_np_recyclable(PyObject *array, PyObject *descr, const Py_buffer *src) {
+    hs_ndarray *a = (hs_ndarray *)array;
+    Py_ssize_t stride = src->itemsize;
+    int d;
+    if (Py_REFCNT(array) != 1 || !hs_np_is_array(array) || a->weakreflist != NULL || a->descr != descr ||
+        a->base != NULL || a->nd != src->ndim)
+        return 0;
+    if ((a->flags & (HS_NPY_ARRAY_C_CONTIGUOUS | HS_NPY_ARRAY_OWNDATA | HS_NPY_ARRAY_WRITEABLE)) !=
+            (HS_NPY_ARRAY_C_CONTIGUOUS | HS_NPY_ARRAY_OWNDATA | HS_NPY_ARRAY_WRITEABLE) ||
+        (a->flags & HS_NPY_ARRAY_WARN_ON_WRITE))
+        return 0;
+    for (d = a->nd - 1; d >= 0; d--) {
+        if (a->dimensions[d] != src->shape[d] || (a->strides[d] != stride && a->dimensions[d] > 1)) return 0;
+        stride *= a->dimensions[d];
+    }
+    return 1;
+}
 
 /* Fill view from obj if it is an exact, non-empty ndarray of one of the
  * bound builtin dtypes, at most max_dims dimensions and under max_bytes (and

@@ -52,6 +52,7 @@ cdef class Bound:
     cdef Py_buffer* output_buffers  # one held buffer per static output view (run(out=) reads these)
     cdef int n_output_buffers
     cdef list output_dtypes      # output_views' dtypes, for copy_tensor
+    cdef list spares             # two recycled result arrays per static output (copy_tensor)
     cdef bint dynamic
     cdef bint needs_bind         # a failed invoke may have moved tensor memory
     cdef void* native_self       # the C++ interpreter, for the native invoke

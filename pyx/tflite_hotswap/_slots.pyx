@@ -236,6 +236,7 @@ cdef class Bound:
         self.n_output_buffers = 0
         self.output_views = None
         self.output_dtypes = None
+        self.spares = None
 
     cdef int bind(self) except -1:
         """Read each input tensor's address, dtype and shape; make output views."""
@@ -253,6 +254,7 @@ cdef class Bound:
             self.output_views = [self.wrapper.tensor(self.wrapper, i, self.subgraph)
                                  for i in self.output_indices]
             self.output_dtypes = [view.dtype for view in self.output_views]
+            self.spares = [None] * (2 * len(self.output_views))
             self.output_buffers = <Py_buffer*>malloc(max(len(self.output_views), 1) * sizeof(Py_buffer))
             if self.output_buffers == NULL:
                 raise MemoryError()
@@ -514,9 +516,10 @@ cdef class Bound:
         if out is None:
             if not self.dynamic:
                 if n == 1:
-                    return copy_tensor(self.output_views[0], self.output_dtypes[0], &self.output_buffers[0])
-                results = [copy_tensor(self.output_views[i], self.output_dtypes[i], &self.output_buffers[i])
-                           for i in range(n)]
+                    return copy_tensor(self.output_views[0], self.output_dtypes[0], &self.output_buffers[0],
+                                       self.spares, 0)
+                results = [copy_tensor(self.output_views[i], self.output_dtypes[i], &self.output_buffers[i],
+                                       self.spares, 2 * i) for i in range(n)]
             else:
                 results = [self._dynamic_output(i) for i in self.output_indices]
             return results[0] if n == 1 else dict(zip(self.output_names, results))
