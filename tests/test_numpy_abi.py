@@ -253,7 +253,7 @@ def test_a_result_something_still_sees_is_never_refilled(keep):
                                                               "item_view": expected[0]}[keep]).tobytes()
 
 
-@pytest.mark.parametrize("change", ["readonly", "shape", "dtype", "strides"])
+@pytest.mark.parametrize("change", ["readonly", "shape", "transposed_shape", "dtype", "strides"])
 def test_a_result_changed_in_place_is_not_recycled_as_it_is(change):
     with Runtime(model_path("tiny_f32")) as rt:
         x1, x2 = _two_inputs(rt)
@@ -262,6 +262,8 @@ def test_a_result_changed_in_place_is_not_recycled_as_it_is(change):
             y.flags.writeable = False
         elif change == "shape":
             y.shape = (y.size,)
+        elif change == "transposed_shape":
+            y.shape = y.shape[::-1]  # as many dimensions, other sizes
         elif change == "dtype":
             y.dtype = np.int32
         else:
@@ -276,6 +278,36 @@ def test_a_result_changed_in_place_is_not_recycled_as_it_is(change):
             assert z.flags.writeable and z.shape == rt.info.outputs[0].shape and z.dtype == np.float32
             assert z.tobytes() == rt_reference_tiny(x).tobytes()
             del z
+
+
+def test_a_dropped_result_with_a_weak_reference_is_freed_by_later_calls():
+    import weakref
+
+    with Runtime(model_path("tiny_f32")) as rt:
+        x1, _ = _two_inputs(rt)
+        freed: list[int] = []
+        y = rt.run(x1)
+        weakref.finalize(y, freed.append, 1)
+        del y
+        for _ in range(3):
+            rt.run(x1)
+        assert freed == [1]
+
+
+def test_multi_output_results_are_recycled_per_output_and_held_ones_kept():
+    with Runtime(model_path("multi_io")) as rt:
+        inputs = {spec.name: np.ones(spec.shape, spec.dtype) for spec in rt.info.inputs}
+        other = {name: value * 2 for name, value in inputs.items()}
+        held = rt.run(inputs)
+        kept = {name: value.copy() for name, value in held.items()}
+        for x in (other, inputs, other):
+            result = rt.run(x)
+            expected = raw_signature_run("multi_io", x)
+            assert {name: a.tobytes() for name, a in result.items()} == \
+                {name: a.tobytes() for name, a in expected.items()}
+            assert all(result[name] is not held[name] for name in held)
+            del result
+        assert all(held[name].tobytes() == kept[name].tobytes() for name in held)
 
 
 def rt_reference_tiny(x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ cdef extern from "_buffers_support.h":
 
 cdef extern from "Python.h":
     PyObject* list_item "PyList_GET_ITEM"(object list, Py_ssize_t i) noexcept  # borrowed: no reference taken
+    Py_ssize_t refcount "Py_REFCNT"(PyObject* o) noexcept
 
 
 cdef extern from "_numpy_abi.h":
@@ -663,13 +664,23 @@ cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src, list 
         if hs_np_recyclable(list_item(spares, k), dtype, src):
             result = <object>list_item(spares, k)
             memcpy(hs_np_data(result), src.buf, src.len)
+            _drop_stale(spares, 2 * first + 1 - k)
             return result
     result = hs_np_empty(dtype, src.ndim, src.shape)
     memcpy(hs_np_data(result), src.buf, src.len)
-    # The newer of the two spares stays; the older gives way.
-    spares[first + 1] = spares[first]
+    if not _drop_stale(spares, first):
+        spares[first + 1] = spares[first]  # the newer spare stays; the older gives way
     spares[first] = result
     return result
+
+
+cdef bint _drop_stale(list spares, int k):
+    """Free the spare at ``k`` if the caller dropped it but it cannot be refilled (a weak
+    reference, changed in place): kept, it would outlive the caller's last reference."""
+    if refcount(list_item(spares, k)) == 1:
+        spares[k] = None
+        return True
+    return False
 
 
 cdef int read_output(const Py_buffer* src, object out, object name) except -1:

@@ -22,6 +22,7 @@
 #define TFLITE_HOTSWAP_NUMPY_ABI_H
 
 #include <Python.h>
+#include <stddef.h>
 #include <string.h>
 
 typedef struct {
@@ -69,6 +70,10 @@ static int hs_np_bind(PyObject *capsule, PyObject *dtypes) {
     abi = ((unsigned int (*)(void))api[0])();
     if (abi != 0x01000009u && abi != 0x02000000u) return 0;
     if (sizeof(Py_ssize_t) != sizeof(void *)) return 0;
+    /* hs_np_recyclable reads weak references from the struct: only where numpy keeps them there. */
+    if (((PyTypeObject *)api[2])->tp_weaklistoffset != (Py_ssize_t)offsetof(hs_ndarray, weakreflist) ||
+        ((PyTypeObject *)api[2])->tp_basicsize < (Py_ssize_t)sizeof(hs_ndarray))
+        return 0;
     for (i = 0; i < HS_NP_TYPES; i++) {
         hs_np_dtypes[i] = PyTuple_GET_ITEM(dtypes, i);
         Py_INCREF(hs_np_dtypes[i]);
@@ -100,6 +105,9 @@ static inline int hs_np_recyclable(PyObject *array, PyObject *descr, const Py_bu
     hs_ndarray *a = (hs_ndarray *)array;
     Py_ssize_t stride = src->itemsize;
     int d;
+#ifdef Py_GIL_DISABLED
+    return 0; /* a refcount of 1 proves nothing while other threads count concurrently */
+#endif
     if (Py_REFCNT(array) != 1 || !hs_np_is_array(array) || a->weakreflist != NULL || a->descr != descr ||
         a->base != NULL || a->nd != src->ndim)
         return 0;
