@@ -675,8 +675,13 @@ cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src, list 
 
 
 cdef bint _drop_stale(list spares, int k):
-    """Free the spare at ``k`` if the caller dropped it but it cannot be refilled (a weak
-    reference, changed in place): kept, it would outlive the caller's last reference."""
+    """Free the spare at ``k`` if the list holds its only reference.
+
+    Called for the spare this call does not refill: one the caller dropped but
+    that cannot be refilled (a weak reference, changed in place) would
+    otherwise outlive the caller's last reference for as long as the other
+    spare keeps being refilled.
+    """
     if refcount(list_item(spares, k)) == 1:
         spares[k] = None
         return True

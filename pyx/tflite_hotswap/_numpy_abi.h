@@ -7,7 +7,8 @@
  *     &PyArray_Type, entry 94 PyArray_NewFromDescr (the same indices in the
  *     1.x and 2.x tables);
  *   - the head of an ndarray (PyArrayObject_fields: data, nd, dimensions,
- *     strides, base, descr, flags), unchanged from 1.x to 2.x.
+ *     strides, base, descr, flags, weakreflist), unchanged from 1.x to 2.x
+ *     (weakreflist is checked against ndarray's tp_weaklistoffset at bind).
  *
  * dtypes are never read: an array qualifies only if its dtype *is* one of the
  * builtin dtype objects hs_np_bind() was given (np.dtype("f") and so on, which
