@@ -654,20 +654,20 @@ cdef object copy_tensor(object tensor, object dtype, const Py_buffer* src, list 
     cdef int k
     if not numpy_abi:
         return tensor.copy()
+    if src.len < NOGIL_BYTES:
+        for k in range(first, first + 2):
+            if hs_np_recyclable(list_item(spares, k), dtype, src):
+                result = <object>list_item(spares, k)
+                memcpy(hs_np_data(result), src.buf, src.len)
+                _drop_stale(spares, 2 * first + 1 - k)
+                return result
+    result = hs_np_empty(dtype, src.ndim, src.shape)
+    data = hs_np_data(result)
     if src.len >= NOGIL_BYTES:
-        result = hs_np_empty(dtype, src.ndim, src.shape)
-        data = hs_np_data(result)
         with nogil:
             memcpy(data, src.buf, src.len)
         return result
-    for k in range(first, first + 2):
-        if hs_np_recyclable(list_item(spares, k), dtype, src):
-            result = <object>list_item(spares, k)
-            memcpy(hs_np_data(result), src.buf, src.len)
-            _drop_stale(spares, 2 * first + 1 - k)
-            return result
-    result = hs_np_empty(dtype, src.ndim, src.shape)
-    memcpy(hs_np_data(result), src.buf, src.len)
+    memcpy(data, src.buf, src.len)
     if not _drop_stale(spares, first):
         spares[first + 1] = spares[first]  # the newer spare stays; the older gives way
     spares[first] = result
