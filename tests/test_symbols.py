@@ -134,8 +134,7 @@ def test_the_self_test_passes_for_this_backend(backend_name, interpreter, native
     """Run for real in a child process: every native call gives the wrapper's results."""
     if not native_path:
         pytest.skip("TFLITE_HOTSWAP_NATIVE=0")
-    serving = (native._INVOKE, native._ALLOCATE, native._SET_CANCELLATION, *native._SET_ALLOCATION)
-    found = symbols.find_functions(native.backend_library(interpreter), serving, required=2)
+    found = symbols.find_functions(native.backend_library(interpreter), native.SERVING_FUNCTIONS, required=2)
     vouched = native._self_test(type(interpreter).__module__, "lib-under-test")
     if found.hidden:
         assert native.identity(found) in vouched  # these very functions, at these offsets

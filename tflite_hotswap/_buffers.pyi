@@ -23,3 +23,20 @@ def kernel_body(src: Buffer, dst: Buffer, a: Sequence[float], b: Sequence[float]
                 zero_point: float = ...) -> str:
     """Which body affine_into(src, dst, a, b, zero_point) runs: "simd", "table" or "scalar" (for tests)."""
 def numpy_abi_bound() -> bool: ...
+class MappedBytes(bytes):
+    """bytes in a memory mapping of their own (what mapped_copy and read_mapped return)."""
+
+def mapped_copy(src: Buffer) -> MappedBytes:
+    """A copy of ``src`` in a memory mapping of its own, unmapped with the GIL released when freed.
+
+    Raises:
+        TypeError: if ``src`` does not export a buffer.
+        MemoryError: if the mapping cannot be made.
+    """
+def read_mapped(fd: int, size: int) -> MappedBytes:
+    """Read the file ``fd`` (``size`` bytes by fstat) into bytes in a memory mapping of their own.
+
+    Raises:
+        OSError: if reading fails, or the file is longer than ``size``.
+        MemoryError: if the mapping cannot be made.
+    """

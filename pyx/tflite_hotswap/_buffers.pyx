@@ -12,11 +12,16 @@ functions at the bottom expose the same kernels the runtime uses, for tests and
 for callers that manage their own buffers.
 """
 
-from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (PyBUF_RECORDS_RO, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
+from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.ref cimport PyObject
+from libc.errno cimport errno
 from libc.stdint cimport int8_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
+
+import os
 
 from tflite_hotswap.errors import InputError, UnsupportedModelError
 
@@ -29,6 +34,19 @@ cdef extern from "_buffers_support.h":
 cdef extern from "Python.h":
     PyObject* list_item "PyList_GET_ITEM"(object list, Py_ssize_t i) noexcept  # borrowed: no reference taken
     Py_ssize_t refcount "Py_REFCNT"(PyObject* o) noexcept
+
+
+cdef extern from "_model_bytes.h":
+    ctypedef struct PyTypeObject:
+        pass
+    PyTypeObject hs_mapped_bytes_type
+    int hs_mapped_bytes_ready() except -1
+    object hs_mapped_bytes_new(Py_ssize_t size)
+    Py_ssize_t hs_read_fully(int fd, char* into, Py_ssize_t size) nogil
+    void set_size "Py_SET_SIZE"(object o, Py_ssize_t size)
+
+hs_mapped_bytes_ready()
+MappedBytes = <object>&hs_mapped_bytes_type  # what mapped_copy and read_mapped return
 
 
 cdef extern from "_numpy_abi.h":
@@ -850,3 +868,57 @@ def kernel_body(src, dst, a, b, zero_point=0.0) -> str:
     body = "scalar" if t == NULL else "simd" if t.cycle else "table"
     free(t)
     return body
+
+
+def mapped_copy(src):  # a bytes subclass: no "-> bytes" (Cython would demand exactly bytes)
+    """A copy of the bytes-like ``src`` in a memory mapping of its own (``_model_bytes.h``).
+
+    Copied with the GIL released; the copy's memory goes back to the kernel
+    with the GIL released too, whichever thread drops it last.
+
+    Raises:
+        TypeError: if ``src`` does not export a buffer.
+        MemoryError: if the mapping cannot be made.
+    """
+    cdef Py_buffer view
+    cdef char* into
+    try:
+        PyObject_GetBuffer(src, &view, PyBUF_SIMPLE)
+    except BufferError:  # not contiguous: a copy of it is
+        src = bytes(src)
+        PyObject_GetBuffer(src, &view, PyBUF_SIMPLE)
+    try:
+        data = hs_mapped_bytes_new(view.len)
+        into = PyBytes_AS_STRING(data)
+        with nogil:
+            memcpy(into, view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return data
+
+
+def read_mapped(int fd, Py_ssize_t size):
+    """Read the file ``fd`` (``size`` bytes, by fstat) into bytes in a mapping of their own.
+
+    Read with the GIL released.  A file found shorter gives fewer bytes.
+
+    Raises:
+        OSError: if reading fails, or the file is longer than ``size``.
+        MemoryError: if the mapping cannot be made.
+    """
+    cdef char more
+    cdef Py_ssize_t got, extra
+    data = hs_mapped_bytes_new(size)
+    cdef char* into = PyBytes_AS_STRING(data)
+    with nogil:
+        got = hs_read_fully(fd, into, size)
+        extra = hs_read_fully(fd, &more, 1) if got == size else 0
+    if got < 0 or extra < 0:
+        raise OSError(errno, os.strerror(errno))
+    if extra:
+        raise OSError(f"the file grew past the {size} bytes it had when opened, while being read")
+    if got < size:  # the file shrank meanwhile: nobody has seen the object yet
+        set_size(data, got)
+        into[got] = 0
+    return data
+

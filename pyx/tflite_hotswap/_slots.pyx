@@ -299,7 +299,8 @@ cdef class Bound:
                 + [<size_t>self.output_buffers[i].buf for i in range(self.n_output_buffers)])
 
     def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0,
-                   size_t set_allocation=0, Py_ssize_t lend_min_bytes=0) -> None:
+                   size_t set_allocation=0, Py_ssize_t lend_min_bytes=0,
+                   size_t remove_delegates=0) -> None:
         """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper).
 
         With ``set_cancellation`` (Interpreter::SetCancellationFunction), a call
@@ -308,10 +309,13 @@ cdef class Bound:
         an input array of at least that many bytes, already in the tensor's
         dtype and shape, C-contiguous and 64-byte aligned, is lent to the
         interpreter for the call instead of copied (never for a model whose
-        memory moves at invoke).
+        memory moves at invoke).  With ``remove_delegates``
+        (Interpreter::RemoveAllDelegates), :meth:`release` frees what the
+        delegates hold with the GIL released.
         """
         cdef int i, d
         self.native_self = <void*>interpreter
+        self.native_remove_delegates = <void*>remove_delegates
         self.native_invoke = <void*>invoke if interpreter and self.subgraph == 0 else NULL
         if interpreter and set_cancellation:
             hs_install_cancellation(<void*>set_cancellation, <void*>interpreter, &self.cancel_flag)
@@ -410,10 +414,24 @@ cdef class Bound:
         return self.native_invoke != NULL
 
     def release(self) -> None:
-        """Drop views first, then the interpreter (the wrapper must outlive its views)."""
+        """Drop views first, then the interpreter (the wrapper must outlive its views).
+
+        Call only once no call can reach this interpreter any more.
+        """
+        cdef void* interpreter = self.native_self
+        cdef void* remove_delegates = self.native_remove_delegates
         self.native_invoke = NULL
         self.native_self = NULL
+        self.native_remove_delegates = NULL
         self._drop_output_views()
+        if interpreter != NULL and remove_delegates != NULL and self.n_lent == 0:
+            # XNNPACK's packed weights, as big as the model, would be freed by
+            # the wrapper's destructor with the GIL held: the kernel's munmap of
+            # 20 MB alone takes 1.5-2 ms, which every other thread would wait.
+            # Freed here instead, the GIL released.  (Nothing lent: that memory
+            # is a caller's, taken back before the interpreter may be touched.)
+            with nogil:
+                hs_call_status(remove_delegates, interpreter)
         self.invoke = None
         self.wrapper = None
         self.interpreter = None
@@ -1057,3 +1075,4 @@ def call_status_nogil(size_t method, size_t self_address, int repeat=1) -> int:
 # What _call counts as the model's failure rather than the caller's.
 BackendErrors = (InferenceError, UnsupportedModelError)
 GAP, CLOSED, FAILED = SLOT_EMPTY, SLOT_CLOSED, SLOT_FAILED
+

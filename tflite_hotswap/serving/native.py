@@ -52,10 +52,16 @@ _SELF_TEST_TIMEOUT = 45.0
 _INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
 _ALLOCATE = b"_ZN6tflite4impl11Interpreter15AllocateTensorsEv"
 _SET_CANCELLATION = b"_ZN6tflite4impl11Interpreter23SetCancellationFunctionEPvPFbS2_E"
+# Frees what the delegates hold (XNNPACK's packed weights, as big as the model)
+# and leaves the interpreter invokable without them: called, GIL released, on
+# a retired interpreter just before its destruction.
+_REMOVE_DELEGATES = b"_ZN6tflite4impl11Interpreter18RemoveAllDelegatesEv"
 # SetCustomAllocationForTensor(int, const TfLiteCustomAllocation&, int64_t): int64_t
 # is `long` on 64-bit Linux ("l") and `long long` on 32-bit ARM ("x").
 _SET_ALLOCATION = tuple(b"_ZN6tflite4impl11Interpreter28SetCustomAllocationForTensorEiRK22TfLiteCustomAllocation"
                         + suffix for suffix in (b"l", b"x"))
+# What serving looks for, in this order: the first two are required.
+SERVING_FUNCTIONS = (_INVOKE, _ALLOCATE, _SET_CANCELLATION, _REMOVE_DELEGATES, *_SET_ALLOCATION)
 
 LEND_ENV_VAR = "TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES"
 # Inputs at least this big are lent to the interpreter instead of copied: below
@@ -71,6 +77,7 @@ class NativeEntryPoints:
     allocate: int
     set_cancellation: int  # 0 where the backend lacks it: calls then cannot be cancelled
     set_allocation: int  # 0 where the backend lacks it: inputs are always copied
+    remove_delegates: int  # 0 where the backend lacks it: destruction frees the delegates' memory
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
@@ -107,17 +114,19 @@ def entry_points(interpreter: Any) -> NativeEntryPoints | None:
 
 
 def _resolve(library: str, interpreter: Any) -> NativeEntryPoints | None:
-    found = find_functions(library, (_INVOKE, _ALLOCATE, _SET_CANCELLATION, *_SET_ALLOCATION), required=2)
+    found = find_functions(library, SERVING_FUNCTIONS, required=2)
     if found is None or not trusted(found, interpreter):
         logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors %s", library,
                     "not found" if found is None else "failed the self-test")
         return None
-    invoke, allocate, set_cancellation, *set_allocation = found.addresses
-    logger.info("native path: %s %s Interpreter::Invoke and AllocateTensors%s%s", found.library,
+    invoke, allocate, set_cancellation, remove_delegates, *set_allocation = found.addresses
+    logger.info("native path: %s %s Interpreter::Invoke and AllocateTensors%s%s%s", found.library,
                 "has (hidden, self-tested)" if found.hidden else "exports",
                 " and SetCancellationFunction" if set_cancellation else "",
-                " and SetCustomAllocationForTensor" if any(set_allocation) else "")
-    return NativeEntryPoints(invoke, allocate, set_cancellation, next((a for a in set_allocation if a), 0))
+                " and SetCustomAllocationForTensor" if any(set_allocation) else "",
+                " and RemoveAllDelegates" if remove_delegates else "")
+    return NativeEntryPoints(invoke, allocate, set_cancellation, next((a for a in set_allocation if a), 0),
+                             remove_delegates)
 
 
 _trust_hidden = False  # only in the self-test's own process
