@@ -144,7 +144,8 @@ def test_release_removes_delegates_first_with_the_interpreter_still_alive(native
 
 def test_tflite_runtime_exports_remove_all_delegates(backend_name, native_path):
     if backend_name != "tflite-runtime" or not native_path:
-        pytest.skip("tflite-runtime on the native path: LiteRT has no RemoveAllDelegates symbol, the wrapper path calls none")
+        pytest.skip("needs tflite-runtime on the native path: LiteRT has no RemoveAllDelegates "
+                    "symbol, and the wrapper path calls none")
     backend = load_backend()
     entry = native.entry_points(backend.interpreter(SHIPPED_MODEL.read_bytes()))
     assert entry is not None and entry.remove_delegates != 0
