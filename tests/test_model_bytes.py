@@ -123,29 +123,65 @@ def test_runtime_serves_and_swaps_mapped_bytes():
         np.testing.assert_array_equal(rt.run(x), expected)
 
 
-def test_release_removes_delegates_first_with_the_interpreter_still_alive(native_path):
-    """release() hands the interpreter to RemoveAllDelegates, once, before dropping it."""
-    if not native_path:
-        pytest.skip("the wrapper path makes no native calls")
+def _bound_with_stand_in(interpreter_address=None, on_primary_subgraph=False):
+    """A bound shipped model whose RemoveAllDelegates is a ctypes callback recording its argument."""
     backend = load_backend()
     interpreter, model = inspect_model(backend, SHIPPED_MODEL.read_bytes(), "", None, None)
     bound = make_bound(backend, model, None, [None], interpreter=interpreter)
-    address = native.address_of(interpreter)
     seen = []
     stand_in = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(lambda self: seen.append(self) or 0)
-    entry = native.entry_points(interpreter)
-    assert entry is not None
-    bound.use_native(address, entry.invoke, 0, 0, 0, ctypes.cast(stand_in, ctypes.c_void_p).value)
-    del interpreter
+    address = native.address_of(interpreter) if interpreter_address is None else interpreter_address
+    bound.use_native(address, 1, 0, 0, 0, ctypes.cast(stand_in, ctypes.c_void_p).value, on_primary_subgraph)
+    return bound, seen, (stand_in, interpreter), address
+
+
+def test_release_removes_delegates_first_with_the_interpreter_still_alive():
+    """release() hands the interpreter to RemoveAllDelegates, once, before dropping it."""
+    bound, seen, _keep, address = _bound_with_stand_in()
     bound.release()
     bound.release()
     assert seen == [address]
 
 
-def test_tflite_runtime_exports_remove_all_delegates(backend_name, native_path):
-    if backend_name != "tflite-runtime" or not native_path:
-        pytest.skip("needs tflite-runtime on the native path: LiteRT has no RemoveAllDelegates "
-                    "symbol, and the wrapper path calls none")
+def _fake_interpreter(tensors_size: int, context_offset: int):
+    """Memory laid out like an Interpreter whose context_ lies context_offset bytes into its subgraph."""
+    subgraph = (ctypes.c_char * 512)()
+    context = ctypes.addressof(subgraph) + context_offset
+    ctypes.c_size_t.from_address(context).value = tensors_size
+    ctypes.c_void_p.from_address(context + 3 * ctypes.sizeof(ctypes.c_void_p)).value = ctypes.addressof(subgraph)
+    interpreter = ctypes.c_void_p(context)
+    return interpreter, subgraph
+
+
+@pytest.mark.parametrize("layout", ["known", "other tensor count", "context outside the subgraph"])
+def test_subgraph_removal_only_where_the_layout_is_the_known_one(layout):
+    """LiteRT's Subgraph::RemoveAllDelegates gets the primary subgraph, found through a checked layout."""
+    n_tensors = load_backend().interpreter(SHIPPED_MODEL.read_bytes())._interpreter.NumTensors(0)
+    interpreter, subgraph = _fake_interpreter(n_tensors + (layout == "other tensor count"),
+                                              300 if layout == "context outside the subgraph" else 40)
+    bound, seen, _keep, _ = _bound_with_stand_in(ctypes.addressof(interpreter), on_primary_subgraph=True)
+    bound.release()
+    assert seen == ([ctypes.addressof(subgraph)] if layout == "known" else [])
+
+
+def test_the_real_primary_subgraph_is_found(backend_name, native_path):
+    if not native_path:
+        pytest.skip("the wrapper path makes no native calls")
+    backend = load_backend()
+    interpreter = backend.interpreter(SHIPPED_MODEL.read_bytes())
+    interpreter.allocate_tensors()
+    context = ctypes.c_void_p.from_address(native.address_of(interpreter)).value
+    subgraph = ctypes.c_void_p.from_address(context + 3 * ctypes.sizeof(ctypes.c_void_p)).value
+    bound, seen, _keep, _ = _bound_with_stand_in(native.address_of(interpreter), on_primary_subgraph=True)
+    bound.release()
+    assert seen == [subgraph] and 0 < context - subgraph <= 256
+
+
+def test_each_native_backend_has_a_remove_all_delegates(backend_name, native_path):
+    if not native_path:
+        pytest.skip("the wrapper path makes no native calls")
     backend = load_backend()
     entry = native.entry_points(backend.interpreter(SHIPPED_MODEL.read_bytes()))
     assert entry is not None and entry.remove_delegates != 0
+    # tflite-runtime exports the interpreter's own; LiteRT has only the subgraph's, hidden.
+    assert entry.on_primary_subgraph == (backend_name == "litert")

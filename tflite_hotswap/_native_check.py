@@ -2,8 +2,9 @@
 
 ``python -m tflite_hotswap._native_check <interpreter module>`` serves a shipped
 model and trains a shipped trainable model through every native entry point
-found (allocate, invoke, cancellation, a lent input; the train signature's
-runner where the backend has one) and compares each result with the backend's
+found (allocate, invoke, cancellation, a lent input, removing the delegates
+of an interpreter the runtime frees; the train signature's runner where the
+backend has one) and compares each result with the backend's
 own wrapper.  Only when all agree does it print, as its last line, the token it
 was given and what it tested; anything else (a crash included) keeps the
 calling process on the wrapper.  See :mod:`tflite_hotswap.serving.native`.

@@ -65,6 +65,31 @@ static inline int hs_call_status(void *method, void *self) {
     return ((hs_status_method)method)(self);
 }
 
+/* The first fields of TfLiteContext (tensorflow/lite/core/c/common.h; the
+ * same since TF 1.x in both backends). */
+typedef struct {
+    size_t tensors_size;
+    void *get_execution_plan;
+    void *tensors;
+    void *impl_; /* the tflite::Subgraph this context belongs to */
+} hs_context_head;
+
+/* The interpreter's primary subgraph (a tflite::Subgraph*), or NULL when what
+ * is found is not the layout known.  tflite::impl::Interpreter has no virtual
+ * methods and its first member is `TfLiteContext* context_`, the primary
+ * subgraph's context; that context is a member of the subgraph (40 bytes in,
+ * in both backends) and its impl_ points back at it.  Checked: the context
+ * counts the tensors the wrapper counts, and lies just inside the subgraph. */
+static inline void *hs_primary_subgraph(void *interpreter, size_t n_tensors) {
+    hs_context_head *context = *(hs_context_head **)interpreter;
+    uintptr_t at, subgraph;
+    if (context == NULL || context->tensors_size != n_tensors) return NULL;
+    at = (uintptr_t)context;
+    subgraph = (uintptr_t)context->impl_;
+    if (subgraph == 0 || at <= subgraph || at - subgraph > 256) return NULL;
+    return (void *)subgraph;
+}
+
 /* The interpreter asks this between operators (in every subgraph, so also in
  * each iteration of a WHILE body): a call stuck in invoke ends with an error
  * once its flag is set. */

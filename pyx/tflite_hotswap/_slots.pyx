@@ -35,6 +35,7 @@ cdef extern from "_native.h":
     size_t hs_load_bias(const char* library) nogil
     const char* hs_owner(const void* address) nogil
     int hs_call_status(void* method, void* self) nogil
+    void* hs_primary_subgraph(void* interpreter, size_t n_tensors) nogil
     void hs_install_cancellation(void* method, void* self, int* flag) nogil
     int hs_set_allocation(void* method, void* self, int tensor, void* data, size_t nbytes) nogil
 
@@ -300,7 +301,7 @@ cdef class Bound:
 
     def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0,
                    size_t set_allocation=0, Py_ssize_t lend_min_bytes=0,
-                   size_t remove_delegates=0) -> None:
+                   size_t remove_delegates=0, bint on_primary_subgraph=False) -> None:
         """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper).
 
         With ``set_cancellation`` (Interpreter::SetCancellationFunction), a call
@@ -310,12 +311,14 @@ cdef class Bound:
         dtype and shape, C-contiguous and 64-byte aligned, is lent to the
         interpreter for the call instead of copied (never for a model whose
         memory moves at invoke).  With ``remove_delegates``
-        (Interpreter::RemoveAllDelegates), :meth:`release` frees what the
-        delegates hold with the GIL released.
+        (Interpreter::RemoveAllDelegates, or Subgraph::RemoveAllDelegates of
+        the primary subgraph when ``on_primary_subgraph``), :meth:`release`
+        frees what the delegates hold with the GIL released.
         """
         cdef int i, d
         self.native_self = <void*>interpreter
         self.native_remove_delegates = <void*>remove_delegates
+        self.remove_on_subgraph = on_primary_subgraph
         self.native_invoke = <void*>invoke if interpreter and self.subgraph == 0 else NULL
         if interpreter and set_cancellation:
             hs_install_cancellation(<void*>set_cancellation, <void*>interpreter, &self.cancel_flag)
@@ -420,6 +423,7 @@ cdef class Bound:
         """
         cdef void* interpreter = self.native_self
         cdef void* remove_delegates = self.native_remove_delegates
+        cdef void* target = interpreter
         self.native_invoke = NULL
         self.native_self = NULL
         self.native_remove_delegates = NULL
@@ -430,8 +434,11 @@ cdef class Bound:
             # 20 MB alone takes 1.5-2 ms, which every other thread would wait.
             # Freed here instead, the GIL released.  (Nothing lent: that memory
             # is a caller's, taken back before the interpreter may be touched.)
-            with nogil:
-                hs_call_status(remove_delegates, interpreter)
+            if self.remove_on_subgraph:
+                target = hs_primary_subgraph(interpreter, self.wrapper.NumTensors(0))
+            if target != NULL:
+                with nogil:
+                    hs_call_status(remove_delegates, target)
         self.invoke = None
         self.wrapper = None
         self.interpreter = None

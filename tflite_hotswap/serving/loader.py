@@ -294,5 +294,6 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
     bound = Bound(interpreter, model.subgraph, inputs, outputs, moves, tuple(key or ()))
     if entry is not None:
         bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation,
-                         entry.set_allocation, native.lend_min_bytes(), entry.remove_delegates)
+                         entry.set_allocation, native.lend_min_bytes(), entry.remove_delegates,
+                         entry.on_primary_subgraph)
     return bound

@@ -56,12 +56,16 @@ _SET_CANCELLATION = b"_ZN6tflite4impl11Interpreter23SetCancellationFunctionEPvPF
 # and leaves the interpreter invokable without them: called, GIL released, on
 # a retired interpreter just before its destruction.
 _REMOVE_DELEGATES = b"_ZN6tflite4impl11Interpreter18RemoveAllDelegatesEv"
+# LiteRT has only the primary subgraph's own (hidden), reached through the
+# interpreter's first member (hs_primary_subgraph in _native.h, checked).
+_REMOVE_SUBGRAPH_DELEGATES = b"_ZN6tflite8Subgraph18RemoveAllDelegatesEv"
 # SetCustomAllocationForTensor(int, const TfLiteCustomAllocation&, int64_t): int64_t
 # is `long` on 64-bit Linux ("l") and `long long` on 32-bit ARM ("x").
 _SET_ALLOCATION = tuple(b"_ZN6tflite4impl11Interpreter28SetCustomAllocationForTensorEiRK22TfLiteCustomAllocation"
                         + suffix for suffix in (b"l", b"x"))
 # What serving looks for, in this order: the first two are required.
-SERVING_FUNCTIONS = (_INVOKE, _ALLOCATE, _SET_CANCELLATION, _REMOVE_DELEGATES, *_SET_ALLOCATION)
+SERVING_FUNCTIONS = (_INVOKE, _ALLOCATE, _SET_CANCELLATION, _REMOVE_DELEGATES, _REMOVE_SUBGRAPH_DELEGATES,
+                     *_SET_ALLOCATION)
 
 LEND_ENV_VAR = "TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES"
 # Inputs at least this big are lent to the interpreter instead of copied: below
@@ -78,6 +82,7 @@ class NativeEntryPoints:
     set_cancellation: int  # 0 where the backend lacks it: calls then cannot be cancelled
     set_allocation: int  # 0 where the backend lacks it: inputs are always copied
     remove_delegates: int  # 0 where the backend lacks it: destruction frees the delegates' memory
+    on_primary_subgraph: bool  # remove_delegates is Subgraph::RemoveAllDelegates (LiteRT)
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
@@ -119,14 +124,16 @@ def _resolve(library: str, interpreter: Any) -> NativeEntryPoints | None:
         logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors %s", library,
                     "not found" if found is None else "failed the self-test")
         return None
-    invoke, allocate, set_cancellation, remove_delegates, *set_allocation = found.addresses
+    invoke, allocate, set_cancellation, remove_delegates, remove_subgraph_delegates, *set_allocation = \
+        found.addresses
     logger.info("native path: %s %s Interpreter::Invoke and AllocateTensors%s%s%s", found.library,
                 "has (hidden, self-tested)" if found.hidden else "exports",
                 " and SetCancellationFunction" if set_cancellation else "",
                 " and SetCustomAllocationForTensor" if any(set_allocation) else "",
-                " and RemoveAllDelegates" if remove_delegates else "")
+                " and Interpreter::RemoveAllDelegates" if remove_delegates
+                else " and Subgraph::RemoveAllDelegates" if remove_subgraph_delegates else "")
     return NativeEntryPoints(invoke, allocate, set_cancellation, next((a for a in set_allocation if a), 0),
-                             remove_delegates)
+                             remove_delegates or remove_subgraph_delegates, not remove_delegates)
 
 
 _trust_hidden = False  # only in the self-test's own process
