@@ -13,16 +13,57 @@ import copy
 import ctypes
 import os
 import pickle
+import sys
 import threading
+import weakref
 
 import numpy as np
 import pytest
 from conftest import model_bytes, model_path
 
-from tflite_hotswap import MisuseError, Runtime, load_backend
+from tflite_hotswap import InvalidModelError, MisuseError, Runtime, load_backend
 from tflite_hotswap._buffers import MappedBytes, mapped_copy, read_mapped
 from tflite_hotswap.serving import native
 from tflite_hotswap.serving.loader import SHIPPED_MODEL, inspect_model, make_bound, read_model
+
+
+def _another_thread_runs_during(action) -> bool:
+    """Whether a thread waiting for the GIL got it while ``action()`` ran.
+
+    The switch interval is made huge meanwhile, so only a release of the GIL
+    by ``action`` itself lets the waiting thread in.  Tried a few times: the
+    waiting thread may not have been scheduled yet during a short release.
+    """
+    for _ in range(5):
+        ran = []
+        ready, gate = threading.Event(), threading.Lock()
+        gate.acquire()
+
+        def waiter():
+            ready.set()
+            with gate:  # blocks without the GIL; then needs the GIL to go on
+                ran.append(True)
+
+        saved = sys.getswitchinterval()
+        sys.setswitchinterval(100.0)
+        try:
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            ready.wait()  # returns once the waiter has let go of the GIL, at the gate
+            gate.release()  # it now waits for the GIL alone
+            action()
+            got_in = bool(ran)  # read before anything else could let it in
+        finally:
+            sys.setswitchinterval(saved)
+        thread.join()
+        if got_in:
+            return True
+    return False
+
+
+def test_the_gil_probe_tells_both_apart():
+    assert _another_thread_runs_during(lambda: os.read(os.open("/dev/zero", os.O_RDONLY), 1 << 24))
+    assert not _another_thread_runs_during(lambda: sum(range(200_000)))
 
 
 def _resident_bytes() -> int:
@@ -47,6 +88,7 @@ def test_mapped_bytes_behave_as_bytes():
     assert data[3:9] == raw[3:9] and type(data[3:9]) is bytes
     assert bytes(data) == raw and type(bytes(data)) is bytes
     assert mapped_copy(b"") == b"" and mapped_copy(memoryview(raw)[::3]) == raw[::3]  # non-contiguous
+    assert mapped_copy(np.arange(10, dtype=np.uint8)[::2]) == bytes([0, 2, 4, 6, 8])
     assert ctypes.string_at(id(data) + bytes.__basicsize__ - 1 + len(raw), 1) == b"\0"  # NUL-terminated
     for clone in (pickle.loads(pickle.dumps(data)), copy.copy(data), copy.deepcopy(data)):
         assert clone == raw
@@ -70,6 +112,11 @@ def test_freeing_mapped_bytes_gives_the_memory_back():
     assert _resident_bytes() - before > size // 2
     del data
     assert _resident_bytes() - before < size // 4
+
+
+def test_freeing_mapped_bytes_releases_the_gil():
+    box = [mapped_copy(np.ones(64 << 20, np.uint8))]
+    assert _another_thread_runs_during(box.clear)
 
 
 def test_freed_from_another_thread_and_in_a_forked_child():
@@ -96,10 +143,15 @@ def test_read_mapped_takes_a_file_that_changed_size(tmp_path):
         short = read_mapped(f.fileno(), 100)  # shrank since its size was taken
     assert type(short) is MappedBytes and short == b"0123456789"
     assert ctypes.string_at(id(short) + bytes.__basicsize__ - 1 + len(short), 1) == b"\0"
-    with open(path, "rb") as f, pytest.raises(OSError, match="grew"):
-        read_mapped(f.fileno(), 4)
+    with open(path, "rb") as f:
+        assert read_mapped(f.fileno(), 4) is None  # grew: the caller reads it otherwise
     with open(path, "wb") as f, pytest.raises(OSError):  # not open for reading: EBADF
         read_mapped(f.fileno(), 4)
+
+
+def test_read_model_reads_a_file_whose_size_says_nothing():
+    with pytest.raises(InvalidModelError, match="identifier"):  # read, all of it, then refused
+        read_model("/proc/self/status")  # st_size 0
 
 
 def test_read_model_from_a_pipe_and_a_missing_file(tmp_path):
@@ -124,23 +176,31 @@ def test_runtime_serves_and_swaps_mapped_bytes():
 
 
 def _bound_with_stand_in(interpreter_address=None, on_primary_subgraph=False):
-    """A bound shipped model whose RemoveAllDelegates is a ctypes callback recording its argument."""
+    """A bound shipped model whose RemoveAllDelegates is a ctypes callback.
+
+    The callback records its argument and whether the interpreter was still
+    alive when it ran; the test holds the interpreter only weakly.
+    """
     backend = load_backend()
     interpreter, model = inspect_model(backend, SHIPPED_MODEL.read_bytes(), "", None, None)
     bound = make_bound(backend, model, None, [None], interpreter=interpreter)
+    alive = weakref.ref(interpreter)
     seen = []
-    stand_in = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(lambda self: seen.append(self) or 0)
+    stand_in = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(
+        lambda self: seen.append((self, alive() is not None)) or 0)
     address = native.address_of(interpreter) if interpreter_address is None else interpreter_address
-    bound.use_native(address, 1, 0, 0, 0, ctypes.cast(stand_in, ctypes.c_void_p).value, on_primary_subgraph)
-    return bound, seen, (stand_in, interpreter), address
+    bound.use_native(address, 1)
+    bound.free_delegates_with(ctypes.cast(stand_in, ctypes.c_void_p).value, 0, on_primary_subgraph)
+    return bound, seen, stand_in, address
 
 
 def test_release_removes_delegates_first_with_the_interpreter_still_alive():
     """release() hands the interpreter to RemoveAllDelegates, once, before dropping it."""
     bound, seen, _keep, address = _bound_with_stand_in()
+    assert bound.frees_delegates
     bound.release()
     bound.release()
-    assert seen == [address]
+    assert seen == [(address, True)]
 
 
 def _fake_interpreter(tensors_size: int, context_offset: int):
@@ -161,7 +221,7 @@ def test_subgraph_removal_only_where_the_layout_is_the_known_one(layout):
                                               300 if layout == "context outside the subgraph" else 40)
     bound, seen, _keep, _ = _bound_with_stand_in(ctypes.addressof(interpreter), on_primary_subgraph=True)
     bound.release()
-    assert seen == ([ctypes.addressof(subgraph)] if layout == "known" else [])
+    assert seen == ([(ctypes.addressof(subgraph), True)] if layout == "known" else [])
 
 
 def test_the_real_primary_subgraph_is_found(backend_name, native_path):
@@ -174,7 +234,7 @@ def test_the_real_primary_subgraph_is_found(backend_name, native_path):
     subgraph = ctypes.c_void_p.from_address(context + 3 * ctypes.sizeof(ctypes.c_void_p)).value
     bound, seen, _keep, _ = _bound_with_stand_in(native.address_of(interpreter), on_primary_subgraph=True)
     bound.release()
-    assert seen == [subgraph] and 0 < context - subgraph <= 256
+    assert seen == [(subgraph, True)] and 0 < context - subgraph <= 256
 
 
 def test_each_native_backend_has_a_remove_all_delegates(backend_name, native_path):
@@ -185,3 +245,20 @@ def test_each_native_backend_has_a_remove_all_delegates(backend_name, native_pat
     assert entry is not None and entry.remove_delegates != 0
     # tflite-runtime exports the interpreter's own; LiteRT has only the subgraph's, hidden.
     assert entry.on_primary_subgraph == (backend_name == "litert")
+
+
+@pytest.mark.parametrize("model, frees", [("tiny_f32", False), ("dense_20mb", True)])
+def test_big_models_free_their_delegates_first_with_the_gil_released(model, frees, native_path):
+    """Above REMOVE_DELEGATES_MIN_BYTES, release() frees the packed weights off the GIL."""
+    if not native_path:
+        pytest.skip("the wrapper path makes no native calls")
+    backend = load_backend()
+    interpreter, loaded = inspect_model(backend, read_model(model_path(model)), "", None, None)
+    bound = make_bound(backend, loaded, None, [None], interpreter=interpreter)
+    bound.warm_up()
+    del interpreter
+    assert bound.frees_delegates == frees
+    if frees:
+        assert _another_thread_runs_during(bound.release)
+    bound.release()
+

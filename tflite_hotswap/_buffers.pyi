@@ -33,10 +33,12 @@ def mapped_copy(src: Buffer) -> MappedBytes:
         TypeError: if ``src`` does not export a buffer.
         MemoryError: if the mapping cannot be made.
     """
-def read_mapped(fd: int, size: int) -> MappedBytes:
+def read_mapped(fd: int, size: int) -> MappedBytes | None:
     """Read the file ``fd`` (``size`` bytes by fstat) into bytes in a memory mapping of their own.
 
+    None if the file turns out longer than ``size``.
+
     Raises:
-        OSError: if reading fails, or the file is longer than ``size``.
+        OSError: if reading fails.
         MemoryError: if the mapping cannot be made.
     """

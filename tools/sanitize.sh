@@ -30,7 +30,8 @@ LOGS="${SANITIZE_LOGS:-$ROOT/.sanitize-logs}"
 SAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 TESTS=(tests/test_kernels.py tests/test_bad_input.py tests/test_swap.py tests/test_workers.py
        tests/test_outputs.py tests/test_fuzz_kernels.py tests/test_kernel_crashers.py
-       tests/test_stateful.py tests/test_hardening.py tests/test_training.py tests/test_numpy_abi.py)
+       tests/test_stateful.py tests/test_hardening.py tests/test_training.py tests/test_numpy_abi.py
+       tests/test_model_bytes.py)
 
 build() {
     set -e

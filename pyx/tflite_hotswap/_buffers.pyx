@@ -884,7 +884,7 @@ def mapped_copy(src):  # a bytes subclass: no "-> bytes" (Cython would demand ex
     cdef char* into
     try:
         PyObject_GetBuffer(src, &view, PyBUF_SIMPLE)
-    except BufferError:  # not contiguous: a copy of it is
+    except (BufferError, ValueError):  # not contiguous (numpy says ValueError): a copy of it is
         src = bytes(src)
         PyObject_GetBuffer(src, &view, PyBUF_SIMPLE)
     try:
@@ -900,10 +900,11 @@ def mapped_copy(src):  # a bytes subclass: no "-> bytes" (Cython would demand ex
 def read_mapped(int fd, Py_ssize_t size):
     """Read the file ``fd`` (``size`` bytes, by fstat) into bytes in a mapping of their own.
 
-    Read with the GIL released.  A file found shorter gives fewer bytes.
+    Read with the GIL released.  A file found shorter gives fewer bytes; one
+    found longer (growing, or a /proc file whose size says 0) gives None.
 
     Raises:
-        OSError: if reading fails, or the file is longer than ``size``.
+        OSError: if reading fails.
         MemoryError: if the mapping cannot be made.
     """
     cdef char more
@@ -916,7 +917,7 @@ def read_mapped(int fd, Py_ssize_t size):
     if got < 0 or extra < 0:
         raise OSError(errno, os.strerror(errno))
     if extra:
-        raise OSError(f"the file grew past the {size} bytes it had when opened, while being read")
+        return None
     if got < size:  # the file shrank meanwhile: nobody has seen the object yet
         set_size(data, got)
         into[got] = 0

@@ -25,7 +25,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Before the object: 16 bytes, so the object keeps malloc's alignment. */
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION /* Python 3.9: tp_alloc alone refuses */
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#endif
+
+/* Before the object, as long as malloc's alignment, so the object keeps it. */
 typedef union {
     size_t length; /* of the whole mapping, this head included */
     max_align_t align;
@@ -61,7 +65,7 @@ static PyMethodDef hs_mapped_bytes_methods[] = {
 
 static PyTypeObject hs_mapped_bytes_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tflite_hotswap.MappedBytes",
+    .tp_name = "tflite_hotswap._buffers.MappedBytes",
     .tp_doc = "bytes in a memory mapping of their own, unmapped with the GIL released",
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .tp_methods = hs_mapped_bytes_methods,

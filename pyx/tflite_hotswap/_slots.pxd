@@ -59,7 +59,8 @@ cdef class Bound:
     cdef void* native_invoke     # tflite::impl::Interpreter::Invoke, or NULL (Python path)
     cdef void* native_set_allocation  # Interpreter::SetCustomAllocationForTensor: zero copy, or NULL
     cdef void* native_remove_delegates  # RemoveAllDelegates, called by release(), or NULL
-    cdef bint remove_on_subgraph      # it is Subgraph::RemoveAllDelegates: call it on the primary subgraph
+    cdef void* native_release_arena   # ReleaseNonPersistentMemory, called after it, or NULL
+    cdef bint remove_on_subgraph      # both are Subgraph methods: called on the primary subgraph
     cdef Py_ssize_t lend_min_bytes
     cdef int n_lent              # inputs lent to the interpreter for the call in progress
     cdef bint poisoned           # a lent tensor could not be taken back: serves no more calls

@@ -300,8 +300,7 @@ cdef class Bound:
                 + [<size_t>self.output_buffers[i].buf for i in range(self.n_output_buffers)])
 
     def use_native(self, size_t interpreter, size_t invoke, size_t set_cancellation=0,
-                   size_t set_allocation=0, Py_ssize_t lend_min_bytes=0,
-                   size_t remove_delegates=0, bint on_primary_subgraph=False) -> None:
+                   size_t set_allocation=0, Py_ssize_t lend_min_bytes=0) -> None:
         """Invoke through the C++ interpreter at ``interpreter`` with ``invoke`` (0: the wrapper).
 
         With ``set_cancellation`` (Interpreter::SetCancellationFunction), a call
@@ -310,15 +309,10 @@ cdef class Bound:
         an input array of at least that many bytes, already in the tensor's
         dtype and shape, C-contiguous and 64-byte aligned, is lent to the
         interpreter for the call instead of copied (never for a model whose
-        memory moves at invoke).  With ``remove_delegates``
-        (Interpreter::RemoveAllDelegates, or Subgraph::RemoveAllDelegates of
-        the primary subgraph when ``on_primary_subgraph``), :meth:`release`
-        frees what the delegates hold with the GIL released.
+        memory moves at invoke).
         """
         cdef int i, d
         self.native_self = <void*>interpreter
-        self.native_remove_delegates = <void*>remove_delegates
-        self.remove_on_subgraph = on_primary_subgraph
         self.native_invoke = <void*>invoke if interpreter and self.subgraph == 0 else NULL
         if interpreter and set_cancellation:
             hs_install_cancellation(<void*>set_cancellation, <void*>interpreter, &self.cancel_flag)
@@ -333,6 +327,19 @@ cdef class Bound:
                 for d in range(self.inputs[i].ndim):
                     self.inputs[i].nbytes *= self.inputs[i].shape[d]
                 self.inputs[i].lendable = not self._shares_output_memory(i)
+
+    def free_delegates_with(self, size_t remove_delegates, size_t release_arena=0,
+                            bint on_primary_subgraph=False) -> None:
+        """Have :meth:`release` free the delegates' memory first, with the GIL released.
+
+        ``remove_delegates`` is Interpreter::RemoveAllDelegates and
+        ``release_arena`` (or 0) Interpreter::ReleaseNonPersistentMemory; with
+        ``on_primary_subgraph``, the Subgraph methods of those names, called
+        on the primary subgraph.  Native path only.
+        """
+        self.native_remove_delegates = <void*>remove_delegates
+        self.native_release_arena = <void*>release_arena
+        self.remove_on_subgraph = on_primary_subgraph
 
     cdef bint _shares_output_memory(self, int i):
         """Whether input i is an output too, or overlaps one (an in-place op's planned memory).
@@ -402,6 +409,11 @@ cdef class Bound:
         return self.cancellable
 
     @property
+    def frees_delegates(self) -> bool:
+        """Whether :meth:`release` frees the delegates' memory, GIL released, before the interpreter."""
+        return self.native_remove_delegates != NULL
+
+    @property
     def lends(self) -> bool:
         """Whether big enough, fitting input arrays are lent to the interpreter instead of copied."""
         return self.native_set_allocation != NULL
@@ -423,22 +435,26 @@ cdef class Bound:
         """
         cdef void* interpreter = self.native_self
         cdef void* remove_delegates = self.native_remove_delegates
+        cdef void* release_arena = self.native_release_arena
         cdef void* target = interpreter
         self.native_invoke = NULL
         self.native_self = NULL
         self.native_remove_delegates = NULL
+        self.native_release_arena = NULL
         self._drop_output_views()
         if interpreter != NULL and remove_delegates != NULL and self.n_lent == 0:
             # XNNPACK's packed weights, as big as the model, would be freed by
             # the wrapper's destructor with the GIL held: the kernel's munmap of
             # 20 MB alone takes 1.5-2 ms, which every other thread would wait.
-            # Freed here instead, the GIL released.  (Nothing lent: that memory
-            # is a caller's, taken back before the interpreter may be touched.)
+            # Freed here instead, the GIL released, and then the arena that
+            # removing them planned.  (Nothing lent: that memory is a caller's,
+            # taken back before the interpreter may be touched.)
             if self.remove_on_subgraph:
                 target = hs_primary_subgraph(interpreter, self.wrapper.NumTensors(0))
             if target != NULL:
                 with nogil:
-                    hs_call_status(remove_delegates, target)
+                    if hs_call_status(remove_delegates, target) == 0 and release_arena != NULL:
+                        hs_call_status(release_arena, target)
         self.invoke = None
         self.wrapper = None
         self.interpreter = None

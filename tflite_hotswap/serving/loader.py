@@ -70,8 +70,13 @@ def read_model(model: ModelSource) -> bytes:
         try:
             with open(model, "rb") as f:
                 found = os.fstat(f.fileno())
-                data = (read_mapped(f.fileno(), found.st_size) if stat.S_ISREG(found.st_mode)
-                        else mapped_copy(f.read()))  # a pipe, a device: size unknown beforehand
+                regular = stat.S_ISREG(found.st_mode)
+                read = read_mapped(f.fileno(), found.st_size) if regular else None
+                if read is None:  # a pipe, a /proc file, a growing file: its size said nothing
+                    if regular:
+                        f.seek(0)
+                    read = mapped_copy(f.read())
+                data = read
         except OSError as e:
             raise MisuseError(f"model: expected a readable .tflite file, got {model!r} ({e})") from e
     else:
@@ -294,6 +299,7 @@ def make_bound(backend: Backend, model: LoadedModel, num_threads: int | None,
     bound = Bound(interpreter, model.subgraph, inputs, outputs, moves, tuple(key or ()))
     if entry is not None:
         bound.use_native(native.address_of(interpreter), entry.invoke, entry.set_cancellation,
-                         entry.set_allocation, native.lend_min_bytes(), entry.remove_delegates,
-                         entry.on_primary_subgraph)
+                         entry.set_allocation, native.lend_min_bytes())
+        if len(model.data) >= native.REMOVE_DELEGATES_MIN_BYTES:
+            bound.free_delegates_with(entry.remove_delegates, entry.release_arena, entry.on_primary_subgraph)
     return bound

@@ -52,25 +52,34 @@ _SELF_TEST_TIMEOUT = 45.0
 _INVOKE = b"_ZN6tflite4impl11Interpreter6InvokeEv"
 _ALLOCATE = b"_ZN6tflite4impl11Interpreter15AllocateTensorsEv"
 _SET_CANCELLATION = b"_ZN6tflite4impl11Interpreter23SetCancellationFunctionEPvPFbS2_E"
-# Frees what the delegates hold (XNNPACK's packed weights, as big as the model)
-# and leaves the interpreter invokable without them: called, GIL released, on
-# a retired interpreter just before its destruction.
-_REMOVE_DELEGATES = b"_ZN6tflite4impl11Interpreter18RemoveAllDelegatesEv"
-# LiteRT has only the primary subgraph's own (hidden), reached through the
+# Freeing a retired interpreter, GIL released, just before its destruction:
+# RemoveAllDelegates frees what the delegates hold (XNNPACK's packed weights,
+# as big as the model) and leaves the interpreter invokable without them, which
+# re-plans its tensor arena; ReleaseNonPersistentMemory then frees that arena.
+# tflite-runtime exports the interpreter's own (every subgraph); LiteRT has only
+# the subgraph's (hidden), called on the primary subgraph, reached through the
 # interpreter's first member (hs_primary_subgraph in _native.h, checked).
+_REMOVE_DELEGATES = b"_ZN6tflite4impl11Interpreter18RemoveAllDelegatesEv"
+_RELEASE_ARENA = b"_ZN6tflite4impl11Interpreter26ReleaseNonPersistentMemoryEv"
 _REMOVE_SUBGRAPH_DELEGATES = b"_ZN6tflite8Subgraph18RemoveAllDelegatesEv"
+_RELEASE_SUBGRAPH_ARENA = b"_ZN6tflite8Subgraph26ReleaseNonPersistentMemoryEv"
 # SetCustomAllocationForTensor(int, const TfLiteCustomAllocation&, int64_t): int64_t
 # is `long` on 64-bit Linux ("l") and `long long` on 32-bit ARM ("x").
 _SET_ALLOCATION = tuple(b"_ZN6tflite4impl11Interpreter28SetCustomAllocationForTensorEiRK22TfLiteCustomAllocation"
                         + suffix for suffix in (b"l", b"x"))
 # What serving looks for, in this order: the first two are required.
-SERVING_FUNCTIONS = (_INVOKE, _ALLOCATE, _SET_CANCELLATION, _REMOVE_DELEGATES, _REMOVE_SUBGRAPH_DELEGATES,
-                     *_SET_ALLOCATION)
+SERVING_FUNCTIONS = (_INVOKE, _ALLOCATE, _SET_CANCELLATION, _REMOVE_DELEGATES, _RELEASE_ARENA,
+                     _REMOVE_SUBGRAPH_DELEGATES, _RELEASE_SUBGRAPH_ARENA, *_SET_ALLOCATION)
 
 LEND_ENV_VAR = "TFLITE_HOTSWAP_ZERO_COPY_MIN_BYTES"
 # Inputs at least this big are lent to the interpreter instead of copied: below
 # it a copy costs less than re-pointing the tensor (and XNNPACK re-reading it).
 LEND_MIN_BYTES = 1 << 20
+# Models at least this big have a retired interpreter's delegates removed
+# before its destruction.  Below it the packed weights cost little to free with
+# the GIL held (~0.1 ms per MB), and removing them is not free: the undelegated
+# graph is prepared again (10-12 ms for a model with large activations).
+REMOVE_DELEGATES_MIN_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,8 @@ class NativeEntryPoints:
     set_cancellation: int  # 0 where the backend lacks it: calls then cannot be cancelled
     set_allocation: int  # 0 where the backend lacks it: inputs are always copied
     remove_delegates: int  # 0 where the backend lacks it: destruction frees the delegates' memory
-    on_primary_subgraph: bool  # remove_delegates is Subgraph::RemoveAllDelegates (LiteRT)
+    release_arena: int  # ReleaseNonPersistentMemory of the same class, or 0
+    on_primary_subgraph: bool  # both are Subgraph methods (LiteRT), called on the primary subgraph
 
 
 _resolved: dict[str, NativeEntryPoints | None] = {}
@@ -124,16 +134,21 @@ def _resolve(library: str, interpreter: Any) -> NativeEntryPoints | None:
         logger.info("native path unavailable for %s: Interpreter::Invoke/AllocateTensors %s", library,
                     "not found" if found is None else "failed the self-test")
         return None
-    invoke, allocate, set_cancellation, remove_delegates, remove_subgraph_delegates, *set_allocation = \
-        found.addresses
+    (invoke, allocate, set_cancellation, remove_delegates, release_arena, remove_subgraph_delegates,
+     release_subgraph_arena, *set_allocation) = found.addresses
+    # The subgraph's method is reached through a layout only a self-test vouches
+    # for: never where the functions are exported and so not self-tested.
+    on_primary_subgraph = not remove_delegates and bool(remove_subgraph_delegates) and found.hidden
+    if on_primary_subgraph:
+        remove_delegates, release_arena = remove_subgraph_delegates, release_subgraph_arena
     logger.info("native path: %s %s Interpreter::Invoke and AllocateTensors%s%s%s", found.library,
                 "has (hidden, self-tested)" if found.hidden else "exports",
                 " and SetCancellationFunction" if set_cancellation else "",
                 " and SetCustomAllocationForTensor" if any(set_allocation) else "",
-                " and Interpreter::RemoveAllDelegates" if remove_delegates
-                else " and Subgraph::RemoveAllDelegates" if remove_subgraph_delegates else "")
+                "" if not remove_delegates else
+                " and Subgraph::RemoveAllDelegates" if on_primary_subgraph else " and Interpreter::RemoveAllDelegates")
     return NativeEntryPoints(invoke, allocate, set_cancellation, next((a for a in set_allocation if a), 0),
-                             remove_delegates or remove_subgraph_delegates, not remove_delegates)
+                             remove_delegates, release_arena if remove_delegates else 0, on_primary_subgraph)
 
 
 _trust_hidden = False  # only in the self-test's own process
