@@ -34,31 +34,32 @@ def _another_thread_runs_during(action) -> bool:
     by ``action`` itself lets the waiting thread in.  Tried a few times: the
     waiting thread may not have been scheduled yet during a short release.
     """
-    for _ in range(5):
-        ran = []
-        ready, gate = threading.Event(), threading.Lock()
-        gate.acquire()
+    return any(_got_in_once(action) for _ in range(5))
 
-        def waiter():
-            ready.set()
-            with gate:  # blocks without the GIL; then needs the GIL to go on
-                ran.append(True)
 
-        saved = sys.getswitchinterval()
-        sys.setswitchinterval(100.0)
-        try:
-            thread = threading.Thread(target=waiter)
-            thread.start()
-            ready.wait()  # returns once the waiter has let go of the GIL, at the gate
-            gate.release()  # it now waits for the GIL alone
-            action()
-            got_in = bool(ran)  # read before anything else could let it in
-        finally:
-            sys.setswitchinterval(saved)
-        thread.join()
-        if got_in:
-            return True
-    return False
+def _got_in_once(action) -> bool:
+    ran = []
+    ready, gate = threading.Event(), threading.Lock()
+    gate.acquire()
+
+    def waiter():
+        ready.set()
+        with gate:  # blocks without the GIL; then needs the GIL to go on
+            ran.append(True)
+
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        ready.wait()  # returns once the waiter has let go of the GIL, at the gate
+        gate.release()  # it now waits for the GIL alone
+        action()
+        got_in = bool(ran)  # read before anything else could let it in
+    finally:
+        sys.setswitchinterval(saved)
+    thread.join()
+    return got_in
 
 
 def test_the_gil_probe_tells_both_apart():
