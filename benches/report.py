@@ -113,6 +113,13 @@ def main() -> int:
             print(f"\nrun() of a 19 MB float32 batch, timed in turns: lent {e['lent_us']} us, copied "
                   f"{e['copied_us']} us, lent / copied {e['lent_over_copied']} (target <= 1: "
                   f"{'yes' if e['lent_over_copied'] <= 1 else 'NO'})")
+    retire = {b["name"].split("[")[-1].rstrip("]"): b["extra_info"] for b in report["benchmarks"]
+              if b["group"] == "retire-gil"}
+    if len(retire) == 2:
+        lib, plain = retire["library"], retire["plain"]
+        print(f"\nfreeing a retired 20 MB version, longest GIL wait of another thread (ms, median / max of "
+              f"{lib['releases']}): library {lib['median_ms']} / {lib['max_ms']}, plain bytes and no "
+              f"delegate removal {plain['median_ms']} / {plain['max_ms']}")
     swaps = [b for b in report["benchmarks"] if (b["group"] or "").startswith("swap-under-load")]
     if swaps:
         keys = ["calls", "failed_calls", "swaps", "p50_us", "p99_us", "p999_us", "max_us",
