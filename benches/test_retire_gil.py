@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import model_path
+
 from tflite_hotswap import load_backend
 from tflite_hotswap._buffers import mapped_copy
 from tflite_hotswap.serving.loader import inspect_model, make_bound, read_model

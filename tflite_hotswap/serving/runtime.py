@@ -269,7 +269,8 @@ class Runtime(SlotTable):
         one before it is published, so no call pays for an allocation.
 
         Args:
-            model: path or bytes of the new model.
+            model: path or bytes of the new model (bytes are copied: the
+                runtime keeps its own, in a mapping it frees off the GIL).
             version: its version name (default: sha256 prefix).
             allow_contract_change: accept a model whose inputs/outputs differ.
 
