@@ -27,14 +27,15 @@ from tflite_hotswap.serving import native
 from tflite_hotswap.serving.loader import SHIPPED_MODEL, inspect_model, make_bound, read_model
 
 
-def _another_thread_runs_during(action) -> bool:
-    """Whether a thread waiting for the GIL got it while ``action()`` ran.
+def _another_thread_runs_during(make_action) -> bool:
+    """Whether a thread waiting for the GIL got it while an action ran.
 
     The switch interval is made huge meanwhile, so only a release of the GIL
-    by ``action`` itself lets the waiting thread in.  Tried a few times: the
-    waiting thread may not have been scheduled yet during a short release.
+    by the action itself lets the waiting thread in.  Tried a few times, each
+    with a new action from ``make_action()`` (made before the waiting starts):
+    the waiting thread may not have been scheduled yet during a short release.
     """
-    return any(_got_in_once(action) for _ in range(5))
+    return any(_got_in_once(make_action()) for _ in range(5))
 
 
 def _got_in_once(action) -> bool:
@@ -63,8 +64,8 @@ def _got_in_once(action) -> bool:
 
 
 def test_the_gil_probe_tells_both_apart():
-    assert _another_thread_runs_during(lambda: os.read(os.open("/dev/zero", os.O_RDONLY), 1 << 24))
-    assert not _another_thread_runs_during(lambda: sum(range(200_000)))
+    assert _another_thread_runs_during(lambda: lambda: os.read(os.open("/dev/zero", os.O_RDONLY), 1 << 24))
+    assert not _another_thread_runs_during(lambda: lambda: sum(range(200_000)))
 
 
 def _resident_bytes() -> int:
@@ -116,8 +117,8 @@ def test_freeing_mapped_bytes_gives_the_memory_back():
 
 
 def test_freeing_mapped_bytes_releases_the_gil():
-    box = [mapped_copy(np.ones(64 << 20, np.uint8))]
-    assert _another_thread_runs_during(box.clear)
+    source = np.ones(64 << 20, np.uint8)
+    assert _another_thread_runs_during(lambda: [mapped_copy(source)].clear)
 
 
 def test_freed_from_another_thread_and_in_a_forked_child():
@@ -248,18 +249,38 @@ def test_each_native_backend_has_a_remove_all_delegates(backend_name, native_pat
     assert entry.on_primary_subgraph == (backend_name == "litert")
 
 
-@pytest.mark.parametrize("model, frees", [("tiny_f32", False), ("dense_20mb", True)])
-def test_big_models_free_their_delegates_first_with_the_gil_released(model, frees, native_path):
-    """Above REMOVE_DELEGATES_MIN_BYTES, release() frees the packed weights off the GIL."""
-    if not native_path:
-        pytest.skip("the wrapper path makes no native calls")
+def _warm_bound(name: str, keep: list | None = None):
+    """An allocated, warmed-up bound of ``name``; its model bytes also go into ``keep``."""
     backend = load_backend()
-    interpreter, loaded = inspect_model(backend, read_model(model_path(model)), "", None, None)
+    data = read_model(model_path(name))
+    if keep is not None:
+        keep.append(data)
+    interpreter, loaded = inspect_model(backend, data, "", None, None)
     bound = make_bound(backend, loaded, None, [None], interpreter=interpreter)
     bound.warm_up()
-    del interpreter
-    assert bound.frees_delegates == frees
-    if frees:
-        assert _another_thread_runs_during(bound.release)
+    return bound
+
+
+@pytest.mark.parametrize("model, frees", [("tiny_f32", False), ("dense_20mb", True)])
+def test_models_of_4_mib_and_more_free_their_delegates_first(model, frees, native_path):
+    if not native_path:
+        pytest.skip("the wrapper path makes no native calls")
+    bound = _warm_bound(model)
+    assert bound.frees_delegates == frees  # REMOVE_DELEGATES_MIN_BYTES
     bound.release()
 
+
+def test_delegates_are_freed_with_the_gil_released(native_path, monkeypatch):
+    """release() removes the delegates off the GIL: on a model whose removal takes milliseconds
+    (the undelegated graph is prepared again), so that the waiting thread surely gets in."""
+    if not native_path:
+        pytest.skip("the wrapper path makes no native calls")
+    monkeypatch.setattr(native, "REMOVE_DELEGATES_MIN_BYTES", 0)
+    kept = []  # the model bytes: freeing them (GIL released too) must not be what lets the thread in
+
+    def a_release():
+        bound = _warm_bound("image_f32", kept)
+        assert bound.frees_delegates
+        return bound.release
+
+    assert _another_thread_runs_during(a_release)
