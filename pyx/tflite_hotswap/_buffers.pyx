@@ -922,4 +922,3 @@ def read_mapped(int fd, Py_ssize_t size):
         set_size(data, got)
         into[got] = 0
     return data
-

@@ -1098,4 +1098,3 @@ def call_status_nogil(size_t method, size_t self_address, int repeat=1) -> int:
 # What _call counts as the model's failure rather than the caller's.
 BackendErrors = (InferenceError, UnsupportedModelError)
 GAP, CLOSED, FAILED = SLOT_EMPTY, SLOT_CLOSED, SLOT_FAILED
-
