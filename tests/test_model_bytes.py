@@ -215,12 +215,12 @@ def _fake_interpreter(tensors_size: int, context_offset: int):
     return interpreter, subgraph
 
 
-@pytest.mark.parametrize("layout", ["known", "other tensor count", "context outside the subgraph"])
-def test_subgraph_removal_only_where_the_layout_is_the_known_one(layout):
+@pytest.mark.parametrize("layout, offset", [("known", 40), ("other tensor count", 40),
+                                            ("context outside the subgraph", 304), ("misaligned context", 44)])
+def test_subgraph_removal_only_where_the_layout_is_the_known_one(layout, offset):
     """LiteRT's Subgraph::RemoveAllDelegates gets the primary subgraph, found through a checked layout."""
     n_tensors = load_backend().interpreter(SHIPPED_MODEL.read_bytes())._interpreter.NumTensors(0)
-    interpreter, subgraph = _fake_interpreter(n_tensors + (layout == "other tensor count"),
-                                              300 if layout == "context outside the subgraph" else 40)
+    interpreter, subgraph = _fake_interpreter(n_tensors + (layout == "other tensor count"), offset)
     bound, seen, _keep, _ = _bound_with_stand_in(ctypes.addressof(interpreter), on_primary_subgraph=True)
     bound.release()
     assert seen == ([(ctypes.addressof(subgraph), True)] if layout == "known" else [])

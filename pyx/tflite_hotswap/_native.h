@@ -78,12 +78,16 @@ typedef struct {
  * is found is not the layout known.  tflite::impl::Interpreter has no virtual
  * methods and its first member is `TfLiteContext* context_`, the primary
  * subgraph's context; that context is a member of the subgraph (40 bytes in,
- * in both backends) and its impl_ points back at it.  Checked: the context
- * counts the tensors the wrapper counts, and lies just inside the subgraph. */
+ * in both backends) and its impl_ points back at it.  Checked: both pointers
+ * are aligned, the context counts the tensors the wrapper counts, and it lies
+ * just inside the subgraph. */
 static inline void *hs_primary_subgraph(void *interpreter, size_t n_tensors) {
-    hs_context_head *context = *(hs_context_head **)interpreter;
+    hs_context_head *context;
     uintptr_t at, subgraph;
-    if (context == NULL || context->tensors_size != n_tensors) return NULL;
+    if ((uintptr_t)interpreter % _Alignof(hs_context_head *)) return NULL;
+    context = *(hs_context_head **)interpreter;
+    if (context == NULL || (uintptr_t)context % _Alignof(hs_context_head)) return NULL;
+    if (context->tensors_size != n_tensors) return NULL;
     at = (uintptr_t)context;
     subgraph = (uintptr_t)context->impl_;
     if (subgraph == 0 || at <= subgraph || at - subgraph > 256) return NULL;
