@@ -33,9 +33,12 @@ def _another_thread_runs_during(make_action) -> bool:
     The switch interval is made huge meanwhile, so only a release of the GIL
     by the action itself lets the waiting thread in.  Tried a few times, each
     with a new action from ``make_action()`` (made before the waiting starts):
-    the waiting thread may not have been scheduled yet during a short release.
+    the waiting thread may not have been scheduled yet during a short release
+    (CI once saw five 16 MB reads of ``/dev/zero`` in a row go by without it,
+    on a loaded machine).  Stops at the first success, so only a probe that
+    must fail pays for every attempt.
     """
-    return any(_got_in_once(make_action()) for _ in range(5))
+    return any(_got_in_once(make_action()) for _ in range(25))
 
 
 def _got_in_once(action) -> bool:
@@ -63,8 +66,13 @@ def _got_in_once(action) -> bool:
     return got_in
 
 
+def _read_zeros(size: int) -> None:
+    with open("/dev/zero", "rb", buffering=0) as zeros:
+        zeros.read(size)  # a single read(2), GIL released
+
+
 def test_the_gil_probe_tells_both_apart():
-    assert _another_thread_runs_during(lambda: lambda: os.read(os.open("/dev/zero", os.O_RDONLY), 1 << 24))
+    assert _another_thread_runs_during(lambda: lambda: _read_zeros(1 << 26))
     assert not _another_thread_runs_during(lambda: lambda: sum(range(200_000)))
 
 
