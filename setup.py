@@ -1,4 +1,4 @@
-"""Build the three Cython extensions (slot table, buffer kernels, training step).
+"""Build the four Cython extensions (slot table, buffer kernels, training step, model verifier).
 
 Portable flags only: no -march=native.  Set TFLITE_HOTSWAP_CPU_FLAGS (for
 example "-mcpu=native" or "-mcpu=cortex-a72") to tune for one CPU.
@@ -107,7 +107,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension(f"tflite_hotswap.{name}", [f"pyx/tflite_hotswap/{name}.pyx"],
               extra_compile_args=COMPILE_ARGS)
-    for name in ("_buffers", "_slots", "_train")
+    for name in ("_buffers", "_slots", "_train", "_verify")
 ]
 
 setup(

@@ -20,6 +20,7 @@ import weakref
 import numpy as np
 import pytest
 from conftest import model_bytes, model_path
+from gil_probe import another_thread_runs_during, read_zeros
 
 from tflite_hotswap import InvalidModelError, MisuseError, Runtime, load_backend
 from tflite_hotswap._buffers import MappedBytes, mapped_copy, read_mapped
@@ -27,53 +28,9 @@ from tflite_hotswap.serving import native
 from tflite_hotswap.serving.loader import SHIPPED_MODEL, inspect_model, make_bound, read_model
 
 
-def _another_thread_runs_during(make_action) -> bool:
-    """Whether a thread waiting for the GIL got it while an action ran.
-
-    The switch interval is made huge meanwhile, so only a release of the GIL
-    by the action itself lets the waiting thread in.  Tried a few times, each
-    with a new action from ``make_action()`` (made before the waiting starts):
-    the waiting thread may not have been scheduled yet during a short release
-    (CI once saw five 16 MB reads of ``/dev/zero`` in a row go by without it,
-    on a loaded machine).  Stops at the first success, so only a probe that
-    must fail pays for every attempt.
-    """
-    return any(_got_in_once(make_action()) for _ in range(25))
-
-
-def _got_in_once(action) -> bool:
-    ran = []
-    ready, gate = threading.Event(), threading.Lock()
-    gate.acquire()
-
-    def waiter():
-        ready.set()
-        with gate:  # blocks without the GIL; then needs the GIL to go on
-            ran.append(True)
-
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(100.0)
-    try:
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        ready.wait()  # returns once the waiter has let go of the GIL, at the gate
-        gate.release()  # it now waits for the GIL alone
-        action()
-        got_in = bool(ran)  # read before anything else could let it in
-    finally:
-        sys.setswitchinterval(saved)
-    thread.join()
-    return got_in
-
-
-def _read_zeros(size: int) -> None:
-    with open("/dev/zero", "rb", buffering=0) as zeros:
-        zeros.read(size)  # a single read(2), GIL released
-
-
 def test_the_gil_probe_tells_both_apart():
-    assert _another_thread_runs_during(lambda: lambda: _read_zeros(1 << 26))
-    assert not _another_thread_runs_during(lambda: lambda: sum(range(200_000)))
+    assert another_thread_runs_during(lambda: lambda: read_zeros(1 << 26))
+    assert not another_thread_runs_during(lambda: lambda: sum(range(200_000)))
 
 
 def _resident_bytes() -> int:
@@ -126,7 +83,7 @@ def test_freeing_mapped_bytes_gives_the_memory_back():
 
 def test_freeing_mapped_bytes_releases_the_gil():
     source = np.ones(64 << 20, np.uint8)
-    assert _another_thread_runs_during(lambda: [mapped_copy(source)].clear)
+    assert another_thread_runs_during(lambda: [mapped_copy(source)].clear)
 
 
 def test_freed_from_another_thread_and_in_a_forked_child():
@@ -291,4 +248,4 @@ def test_delegates_are_freed_with_the_gil_released(native_path, monkeypatch):
         assert bound.frees_delegates
         return bound.release
 
-    assert _another_thread_runs_during(a_release)
+    assert another_thread_runs_during(a_release)

@@ -14,11 +14,11 @@ import pathlib
 _HERE = pathlib.Path(__file__).resolve().parent
 
 try:
-    for _name in ("_buffers", "_slots", "_train"):
+    for _name in ("_buffers", "_slots", "_train", "_verify"):
         importlib.import_module(f"{__package__}.{_name}")
 except ImportError as error:
     missing = isinstance(error, ModuleNotFoundError) and error.name in (
-        f"{__package__}._buffers", f"{__package__}._slots", f"{__package__}._train")
+        f"{__package__}._buffers", f"{__package__}._slots", f"{__package__}._train", f"{__package__}._verify")
     if missing and (_HERE.parent / "pyx" / "tflite_hotswap" / "_slots.pyx").exists():
         message = (
             f"tflite_hotswap is being imported from its source tree ({_HERE}), whose compiled "

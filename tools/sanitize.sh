@@ -31,7 +31,7 @@ SAN_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 TESTS=(tests/test_kernels.py tests/test_bad_input.py tests/test_swap.py tests/test_workers.py
        tests/test_outputs.py tests/test_fuzz_kernels.py tests/test_kernel_crashers.py
        tests/test_stateful.py tests/test_hardening.py tests/test_training.py tests/test_numpy_abi.py
-       tests/test_model_bytes.py)
+       tests/test_model_bytes.py tests/test_verify.py)
 
 build() {
     set -e
@@ -81,7 +81,7 @@ libasan="$(gcc -print-file-name=libasan.so)"
 if [ ! -e "$libasan" ]; then echo "sanitize: libasan.so not found (gcc $(gcc -dumpversion))" >&2; exit 3; fi
 # The extension must really be instrumented, or the run proves nothing.
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"
-for ext in "$site"/tflite_hotswap/_buffers.*.so "$site"/tflite_hotswap/_slots.*.so "$site"/tflite_hotswap/_train.*.so; do
+for ext in "$site"/tflite_hotswap/_buffers.*.so "$site"/tflite_hotswap/_slots.*.so "$site"/tflite_hotswap/_train.*.so "$site"/tflite_hotswap/_verify.*.so; do
     if [ "$(nm -D "$ext" 2>/dev/null | grep -c __asan_report)" = 0 ]; then
         echo "sanitize: $ext is missing or not instrumented" >&2; exit 3
     fi

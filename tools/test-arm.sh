@@ -52,13 +52,14 @@ set -euo pipefail
 # the native path's symbol lookup on the ARM wheels (LiteRT's hidden
 # functions, found in its symbol table and self-tested in a child process), and
 # model bytes in mappings of their own with a retired interpreter's delegates
-# freed off the GIL (struct layouts differ on 32-bit).
+# freed off the GIL (struct layouts differ on 32-bit), and the model verifier's
+# C walk (its faults, its limits, mutated models).
 # About 2-4 minutes per backend under emulation.  Left out: the hypothesis
 # kernel tests (hundreds of examples each: tens of minutes under emulation),
 # delivery/store/manifest (pure Python, nothing ARM-specific) and the
 # hardening/worker suites (long waits and stress loops, ~100x slower here).
 ARM_SMOKE_TESTS="tests/test_backend.py tests/test_outputs.py tests/test_swap.py tests/test_bad_input.py
-  tests/test_symbols.py tests/test_numpy_abi.py tests/test_model_bytes.py
+  tests/test_symbols.py tests/test_numpy_abi.py tests/test_model_bytes.py tests/test_verify.py
   tests/test_kernels.py::test_rounding_half_away_from_zero_and_saturation
   tests/test_kernels.py::test_kernel_rejects_bad_buffers
   tests/test_kernels.py::test_byte_table_matches_reference"

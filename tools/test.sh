@@ -45,7 +45,7 @@ sdist_contents() {
     local files
     files="$(tar -tzf "$SDIST")"
     local f
-    for f in _slots.pyx _slots.pxd _buffers.pyx _buffers.pxd _train.pyx _train_native.h; do
+    for f in _slots.pyx _slots.pxd _buffers.pyx _buffers.pxd _train.pyx _train_native.h _verify.pyx _verify.h; do
         grep -q "/pyx/tflite_hotswap/$f\$" <<<"$files" || { echo "sdist lacks pyx/tflite_hotswap/$f" >&2; return 1; }
     done
     if grep -E '\.(c|so)$' <<<"$files" >&2; then echo "sdist holds generated files (above)" >&2; return 1; fi

@@ -2,161 +2,160 @@
 
 tflite-runtime 2.14 follows a model's internal offsets without checking them,
 so a truncated or corrupted file makes it read outside the buffer and crash.
-This walks every table, vector and string the TFLite schema defines (the
-checks of flatbuffers' own Verifier: bounds, alignment, vtable sizes,
-string terminators, nesting depth) plus the one reference the schema cannot
-express, a buffer's external ``offset``/``size``, so that everything the
-backend reads lies inside the model.  Then ``references`` checks that every
-index names something that exists.  What is left -- semantic faults no table
-walk can see -- is for the isolated probe (``isolation``).
+The walk (``_verify.h``, in C with the GIL released: a swap verifies each new
+model beside the serving loop) visits every table, vector and string the
+TFLite schema defines, with the checks of flatbuffers' own Verifier (bounds,
+alignment, vtable sizes, string terminators, nesting depth) plus the one
+reference the schema cannot express, a buffer's external ``offset``/``size``,
+so that everything the backend reads lies inside the model.  Each table
+position is walked once per type: a model pointing a million references at
+one table costs a million lookups, not a million walks.
 
-Each table position is verified once per type, and vectors of offsets are
-checked with numpy: a model pointing a million references at one table costs
-a million integer checks, not a million table walks.
+Then every index must name something that exists.  Backends trust them:
+LiteRT, which verifies the structure, segfaults in ``AllocateTensors`` on an
+operator output of -1 and in ``get_input_details`` on a SignatureDef naming a
+missing subgraph.  As TFLite defines them:
+
+* operator inputs: a tensor of the subgraph, or -1 (an omitted optional input);
+* operator outputs and intermediates, subgraph inputs and outputs: a tensor;
+* tensor buffers: a buffer (0, the empty buffer, also when there are none);
+* operator opcode indices: an operator code;
+* SignatureDef subgraph indices and control-flow options (WHILE, IF,
+  CALL_ONCE, CALL, StableHLO regions): a subgraph;
+* signature tensor indices: a tensor of the signature's subgraph.
+
+What is left -- semantic faults no walk can see -- is for the isolated probe
+(``isolation``).  This module compiles the generated schema
+(``_tflite_schema.py``) into the arrays the walk reads, once, and words the
+fault the walk reports.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
 
+from .. import _verify
+from .._verify import FIELD_COLUMNS, MAX_DEPTH, MAX_TABLES, Schema, verify
 from ..errors import InvalidModelError
 from ._tflite_schema import TABLES as _GENERATED_TABLES
 from ._tflite_schema import UNIONS
-from .references import BrokenReference, check_references
 
 # Generated data of mixed tuples: (slot, field, kind, detail[, type slot]).
 TABLES: dict[str, tuple[tuple[Any, ...], ...]] = _GENERATED_TABLES
-_MAX_DEPTH = 64
-_MAX_TABLES = 1_000_000
+KINDS = ("scalar", "string", "table", "scalars", "strings", "tables", "union")  # _verify.h's order
+SUFFIXES = ("", " vtable", " length", " terminator")
 _MAX_BUFFER = 2**31 - 1
-_U8, _U16, _U32, _I32, _U64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<i", "<Q"))
-_SCALAR = {1: _U8, 2: _U16, 4: _U32, 8: _U64}
+
+_TABLE_NAMES = sorted(TABLES)
+_UNION_NAMES = sorted(UNIONS)
+_FIELDS = [(name, field) for name in _TABLE_NAMES for field in TABLES[name]]
 
 
-class _Invalid(Exception):
-    pass
+def _names_subgraph(table: str, field: tuple[Any, ...]) -> bool:
+    """Options fields that hold subgraph indices (WHILE's body, IF's branches, ...)."""
+    return (table.endswith("Options") and "Subgraph" in field[1] and field[2] in ("scalar", "scalars")
+            and field[3] == 4)
 
 
-class _Verifier:
-    def __init__(self, data: bytes) -> None:
-        self.buf = memoryview(data)
-        self.size = len(data)
-        self.seen: set[tuple[int, str]] = set()
+def _compile_schema() -> Schema:
+    table_id = {name: i for i, name in enumerate(_TABLE_NAMES)}
+    union_id = {name: i for i, name in enumerate(_UNION_NAMES)}
+    rows = []
+    for table, field in _FIELDS:
+        kind = KINDS.index(field[2])
+        detail = (table_id[field[3]] if field[2] in ("table", "tables") else
+                  union_id[field[3]] if field[2] == "union" else field[3])
+        rows.append((field[0], kind, detail, field[4] if field[2] == "union" else -1,
+                     int(_names_subgraph(table, field))))
+    table_first = np.cumsum([0] + [len(TABLES[name]) for name in _TABLE_NAMES])
+    members = [[table_id.get(UNIONS[u].get(k, ""), -1) for k in range(max(UNIONS[u]) + 1)] for u in _UNION_NAMES]
+    union_first = np.cumsum([0] + [len(m) for m in members])
 
-    def need(self, pos: int, length: int, align: int, what: str) -> None:
-        if pos < 0 or length < 0 or pos + length > self.size:
-            raise _Invalid(f"{what} at byte {pos} (+{length}) lies outside the {self.size}-byte model")
-        if pos % align:
-            raise _Invalid(f"{what} at byte {pos} is not {align}-byte aligned")
+    def slot(table: str, field: str) -> int:
+        found: int = next(f[0] for f in TABLES[table] if f[1] == field)
+        return found
 
-    def offset(self, at: int, what: str) -> int:
-        """Follow the uoffset stored at ``at``; return the target position."""
-        self.need(at, 4, 4, what)
-        o: int = _U32.unpack_from(self.buf, at)[0]
-        if o == 0 or o >= 2**31:
-            raise _Invalid(f"{what} at byte {at} has offset {o}; expected 1 to 2**31-1")
-        self.need(at + o, 1, 1, what)
-        return at + o
+    ids: dict[str, int | tuple[int, int]] = {
+        "model": table_id["Model"], "buffer": table_id["Buffer"],
+        "buffer_offset": slot("Buffer", "Offset"), "buffer_size": slot("Buffer", "Size"),
+        "model_opcodes": slot("Model", "OperatorCodes"), "model_buffers": slot("Model", "Buffers"),
+        "model_subgraphs": slot("Model", "Subgraphs"), "model_signatures": slot("Model", "SignatureDefs"),
+        "subgraph_tensors": slot("SubGraph", "Tensors"), "subgraph_inputs": slot("SubGraph", "Inputs"),
+        "subgraph_outputs": slot("SubGraph", "Outputs"), "subgraph_operators": slot("SubGraph", "Operators"),
+        "tensor_buffer": slot("Tensor", "Buffer"),
+        "op_opcode": slot("Operator", "OpcodeIndex"), "op_inputs": slot("Operator", "Inputs"),
+        "op_outputs": slot("Operator", "Outputs"), "op_intermediates": slot("Operator", "Intermediates"),
+        "op_options_type": (slot("Operator", "BuiltinOptionsType"), slot("Operator", "BuiltinOptions2Type")),
+        "op_options": (slot("Operator", "BuiltinOptions"), slot("Operator", "BuiltinOptions2")),
+        "options_union": (union_id["BuiltinOptions"], union_id["BuiltinOptions2"]),
+        "signature_subgraph": slot("SignatureDef", "SubgraphIndex"),
+        "signature_inputs": slot("SignatureDef", "Inputs"), "signature_outputs": slot("SignatureDef", "Outputs"),
+        "tensor_map_index": slot("TensorMap", "TensorIndex"),
+    }
+    assert len(rows[0]) == FIELD_COLUMNS
+    ints = np.dtype(np.int32)  # native byte order, as the walk reads them
+    return Schema(np.array(rows, ints).tobytes(), np.array(table_first, ints).tobytes(),
+                  np.array(union_first, ints).tobytes(),
+                  np.array([m for member in members for m in member], ints).tobytes(), ids)
 
-    def vector(self, at: int, elem_size: int, what: str) -> tuple[int, int]:
-        """Check a vector (or string) whose offset is at ``at``; return (first element, count)."""
-        start = self.offset(at, what)
-        self.need(start, 4, 4, what + " length")
-        n = _U32.unpack_from(self.buf, start)[0]
-        if n >= _MAX_BUFFER // max(elem_size, 1):
-            raise _Invalid(f"{what} at byte {start} claims {n} elements")
-        self.need(start + 4, n * elem_size, 1, what)
-        return start + 4, n
 
-    def string(self, start: int, what: str) -> None:
-        """Check the string starting at ``start`` (its length field)."""
-        self.need(start, 4, 4, what + " length")
-        n = _U32.unpack_from(self.buf, start)[0]
-        first = start + 4
-        self.need(first, n + 1, 1, what + " terminator")
-        if self.buf[first + n] != 0:
-            raise _Invalid(f"{what} at byte {first} is not NUL-terminated")
+_SCHEMA = _compile_schema()
 
-    def targets(self, at: int, what: str) -> list[int]:
-        """Check a vector of offsets (tables or strings); return its distinct targets.
+# The walk's structural faults, worded: {what} is the structure, {size} the model's.
+_STRUCTURE = {
+    _verify.OUTSIDE: "{what} at byte {0} (+{1}) lies outside the {size}-byte model",
+    _verify.MISALIGNED: "{what} at byte {0} is not {1}-byte aligned",
+    _verify.OFFSET: "{what} at byte {0} has offset {1}; expected 1 to 2**31-1",
+    _verify.CLAIMS: "{what} at byte {0} claims {1} elements",
+    _verify.NO_NUL: "{what} at byte {0} is not NUL-terminated",
+    _verify.TARGET: "{what}[{0}] at byte {1} has offset {2}; expected one that points inside the {size}-byte model",
+    _verify.TOO_MANY: f"{{what}} at byte {{0}}: nesting deeper than {MAX_DEPTH} or more than {MAX_TABLES} tables",
+    _verify.VTABLE_SIZE: "{what} at byte {0}: vtable size {1}; expected an even size >= 4",
+    _verify.EXTERNAL: "Buffer data at offset {0} (+{1}) lies outside the {size}-byte model",
+}
+# _verify.h's kinds of index (HS_R_*): where it is, and what it must name.
+_REFERENCES = (
+    ("subgraph {s} tensor buffer", "a buffer index"),
+    ("subgraph {s} inputs", "a tensor index"),
+    ("subgraph {s} outputs", "a tensor index"),
+    ("subgraph {s} operator {o} opcode index", "an operator code index"),
+    ("subgraph {s} operator {o} inputs", "a tensor index or"),
+    ("subgraph {s} operator {o} outputs", "a tensor index"),
+    ("subgraph {s} operator {o} intermediates", "a tensor index"),
+    ("subgraph {s} operator {o} {option}", "a subgraph index"),
+    ("signature {s} subgraph index", "a subgraph index"),
+    ("signature {s} tensor index", "a tensor index of subgraph {o}:"),
+)
 
-        A hostile model can point a million entries at one table: each target
-        is checked once, and the entries themselves with numpy, not one by one.
-        """
-        first, n = self.vector(at, 4, what)
-        offsets = np.frombuffer(self.buf, "<u4", n, first).astype(np.int64)
-        positions = first + 4 * np.arange(n, dtype=np.int64)
-        bad = (offsets == 0) | (offsets >= 2**31) | (positions + offsets >= self.size)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise _Invalid(f"{what}[{i}] at byte {int(positions[i])} has offset {int(offsets[i])}; "
-                           f"expected one that points inside the {self.size}-byte model")
-        return [int(t) for t in np.unique(positions + offsets)]
 
-    def table(self, pos: int, name: str, depth: int) -> None:
-        if (pos, name) in self.seen:  # verified already, through another reference
-            return
-        self.seen.add((pos, name))
-        if depth > _MAX_DEPTH or len(self.seen) > _MAX_TABLES:
-            raise _Invalid(f"{name} at byte {pos}: nesting deeper than {_MAX_DEPTH} or more than "
-                           f"{_MAX_TABLES} tables")
-        self.need(pos, 4, 4, name)
-        vtable = pos - _I32.unpack_from(self.buf, pos)[0]
-        self.need(vtable, 4, 2, name + " vtable")
-        vsize = _U16.unpack_from(self.buf, vtable)[0]
-        if vsize & 1 or vsize < 4:
-            raise _Invalid(f"{name} at byte {pos}: vtable size {vsize}; expected an even size >= 4")
-        self.need(vtable, vsize, 2, name + " vtable")
-        buf = self.buf
-        present: dict[int, tuple[int, tuple[Any, ...]]] = {}
-        for field in TABLES[name]:
-            slot = field[0]
-            if slot >= vsize:
-                continue
-            rel = _U16.unpack_from(buf, vtable + slot)[0]
-            if rel:
-                present[slot] = (pos + rel, field)
-        for at, field in present.values():
-            _, field_name, kind, detail = field[:4]
-            what = f"{name}.{field_name}"
-            if kind == "scalar":
-                self.need(at, detail, detail, what)
-            elif kind == "string":
-                self.string(self.offset(at, what), what)
-            elif kind == "table":
-                self.table(self.offset(at, what), detail, depth + 1)
-            elif kind == "scalars":
-                self.vector(at, detail, what)
-            elif kind == "strings":
-                for target in self.targets(at, what):
-                    self.string(target, what)
-            elif kind == "tables":
-                for target in self.targets(at, what):
-                    self.table(target, detail, depth + 1)
-            else:  # union: its type lives in another slot
-                type_at = present.get(field[4])
-                member = UNIONS[detail].get(_U8.unpack_from(buf, type_at[0])[0]) if type_at else None
-                if member is not None:
-                    self.table(self.offset(at, what), member, depth + 1)
-        if name == "Buffer":
-            self.external_data(present)
+def _what(table: int, field: int, suffix: int) -> str:
+    if table < 0:
+        base = "root table"
+    elif field < 0:
+        base = _TABLE_NAMES[table]
+    else:
+        base = f"{_FIELDS[field][0]}.{_FIELDS[field][1][1]}"
+    return base + SUFFIXES[suffix]
 
-    def external_data(self, present: dict[int, tuple[int, tuple[Any, ...]]]) -> None:
-        # Models over 2 GB keep buffer contents after the flatbuffer, located by
-        # offset/size (slots 6 and 8); the backend reads there unchecked.
-        if 6 in present:
-            start = _U64.unpack_from(self.buf, present[6][0])[0]
-            length = _U64.unpack_from(self.buf, present[8][0])[0] if 8 in present else 0
-            if start > 1 and start + length > self.size:
-                raise _Invalid(f"Buffer data at offset {start} (+{length}) lies outside the "
-                               f"{self.size}-byte model")
+
+def _reference(table: int, field: int, values: tuple[int, ...]) -> str:
+    kind, s, o, i, value, low, high = values
+    where, names = _REFERENCES[kind]
+    option = f"{_TABLE_NAMES[table]}.{_FIELDS[field][1][1]}" if "{option}" in where else ""
+    allowed = f"-1 or 0 to {high - 1}" if low == -1 else f"0 to {high - 1}"
+    if high <= 0:
+        allowed = "-1" if low == -1 else "nothing (there are none)"
+    return (f"{where.format(s=s, o=o, option=option)}[{i}] is {value}; "
+            f"expected {names.format(o=o)} {allowed}")
 
 
 def verify_model(data: bytes) -> int:
     """Check that ``data`` is a valid TFLite flatbuffer whose indices all name something.
+
+    The walk runs with the GIL released; ``data`` must not change meanwhile
+    (``bytes`` cannot).
 
     Returns the number of distinct tables verified (each once, however many
     references point at it: the verifier's work is bounded by the model's size).
@@ -165,16 +164,20 @@ def verify_model(data: bytes) -> int:
         InvalidModelError: naming the first structure found outside the
             buffer, misaligned, or malformed, or the first index (tensor,
             buffer, operator code, subgraph) that names nothing.
+        MemoryError: if the set of tables seen cannot grow.
     """
     if len(data) > _MAX_BUFFER:
         raise InvalidModelError(f"model: expected at most {_MAX_BUFFER} bytes, got {len(data)}")
-    verifier = _Verifier(data)
-    try:
-        verifier.table(verifier.offset(0, "root table"), "Model", 0)
-    except _Invalid as e:
-        raise InvalidModelError(f"model is not a valid TFLite flatbuffer: {e}") from None
-    try:
-        check_references(data)
-    except BrokenReference as e:
-        raise InvalidModelError(f"model refers to something it does not have: {e}") from None
-    return len(verifier.seen)
+    found = verify(data, _SCHEMA)
+    if isinstance(found, int):
+        return found
+    code, table, field, suffix, *values = found
+    if code == _verify.REFERENCE:
+        raise InvalidModelError(f"model refers to something it does not have: "
+                                f"{_reference(table, field, tuple(values))}") from None
+    if code == _verify.NO_MEMORY:
+        raise MemoryError("verifying the model: no memory for the set of tables seen")
+    if code == _verify.EXTERNAL:  # unsigned 64-bit values
+        values = [v % 2**64 for v in values]
+    message = _STRUCTURE[code].format(*values, what=_what(table, field, suffix), size=len(data))
+    raise InvalidModelError(f"model is not a valid TFLite flatbuffer: {message}") from None

@@ -1,0 +1,30 @@
+"""Typed stubs for the model verifier's walk (pyx/tflite_hotswap/_verify.pyx)."""
+
+FIELD_COLUMNS: int
+MAX_FIELDS: int
+MAX_DEPTH: int
+MAX_TABLES: int
+OUTSIDE: int
+MISALIGNED: int
+OFFSET: int
+CLAIMS: int
+NO_NUL: int
+TARGET: int
+TOO_MANY: int
+VTABLE_SIZE: int
+EXTERNAL: int
+NO_MEMORY: int
+REFERENCE: int
+
+class Schema:
+    """The TFLite layout as the walk reads it (compiled by tflite_hotswap.safety.verify)."""
+    def __init__(self, fields: bytes, table_first: bytes, union_first: bytes, union_members: bytes,
+                 ids: dict[str, int | tuple[int, int]]) -> None:
+        """Raises: ValueError: if the arrays disagree in size or an id names nothing."""
+
+def verify(data: bytes, schema: Schema) -> int | tuple[int, ...]:
+    """Walk ``data`` with the GIL released: the number of tables walked, or the first fault.
+
+    Raises:
+        ValueError: if ``data`` is not a contiguous buffer of bytes.
+    """
