@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 from conftest import model_bytes
 from fuzzing import FUZZ
@@ -17,7 +18,8 @@ from gil_probe import another_thread_runs_during
 from hypothesis import given, strategies as st
 
 from tflite_hotswap import InvalidModelError
-from tflite_hotswap.safety.verify import verify_model
+from tflite_hotswap._verify import Schema
+from tflite_hotswap.safety.verify import schema_arrays, verify_model
 
 BUFFER_VTABLE = 36  # where _model puts the Buffer tables' shared vtable
 
@@ -132,3 +134,19 @@ def test_mutated_models_are_accepted_or_refused_never_misread(name, cut, edits):
     except InvalidModelError as e:
         assert str(e).startswith(("model is not a valid TFLite flatbuffer: ",
                                   "model refers to something it does not have: "))
+
+
+def test_a_schema_that_names_what_does_not_exist_is_refused_before_any_walk():
+    """The walk trusts the compiled schema: each of its indices is checked once, at import."""
+    good = schema_arrays()  # fields, table_first, union_first, union_members, ids
+    Schema(*good)
+    fields = np.frombuffer(good[0], np.int32).reshape(-1, 5).copy()
+    for column, value in ((2, 10_000), (1, 9), (0, 3)):  # a table id, a kind, an odd slot
+        bad = fields.copy()
+        bad[np.argmax(bad[:, 1] == 5), column] = value  # the first vector of tables
+        with pytest.raises(ValueError, match="schema"):
+            Schema(bad.tobytes(), *good[1:])
+    members = np.frombuffer(good[3], np.int32).copy()
+    members[0] = 10_000
+    with pytest.raises(ValueError, match="names no table"):
+        Schema(good[0], good[1], good[2], members.tobytes(), good[4])

@@ -9,6 +9,15 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef extern from "_verify.h":
     enum: HS_F_COLUMNS
+    enum:
+        HS_F_SLOT
+        HS_F_KIND
+        HS_F_DETAIL
+        HS_SCALAR
+        HS_TABLE
+        HS_TABLES
+        HS_UNION
+    const int64_t HS_MAX_BUFFER
     enum: HS_MAX_FIELDS
     enum: HS_MAX_DEPTH
     enum: HS_MAX_TABLES
@@ -53,6 +62,7 @@ FIELD_COLUMNS = HS_F_COLUMNS
 MAX_FIELDS = HS_MAX_FIELDS
 MAX_DEPTH = HS_MAX_DEPTH
 MAX_TABLES = HS_MAX_TABLES
+MAX_BUFFER = HS_MAX_BUFFER
 # The faults verify() reports, as its tuples' first item.
 OUTSIDE, MISALIGNED, OFFSET, CLAIMS, NO_NUL, TARGET = (
     HS_V_OUTSIDE, HS_V_MISALIGNED, HS_V_OFFSET, HS_V_CLAIMS, HS_V_NO_NUL, HS_V_TARGET)
@@ -79,17 +89,31 @@ cdef class Schema:
     cdef tuple _keep  # the arrays the schema points into
 
     def __init__(self, bytes fields, bytes table_first, bytes union_first, bytes union_members, dict ids):
+        # The walk trusts these arrays as it trusts nothing in a model: every
+        # index in them is checked here, once.
         cdef Py_ssize_t n_tables = len(table_first) // 4 - 1, n_unions = len(union_first) // 4 - 1
         cdef const int32_t* firsts = _ints(table_first)
         cdef const int32_t* members = _ints(union_first)
-        cdef Py_ssize_t t
-        if n_tables < 1 or n_unions < 0 or len(fields) != 4 * HS_F_COLUMNS * firsts[n_tables]:
+        cdef const int32_t* field
+        cdef Py_ssize_t t, f
+        if (n_tables < 1 or n_unions < 1 or firsts[0] != 0 or members[0] != 0
+                or len(fields) != 4 * HS_F_COLUMNS * firsts[n_tables] or len(union_members) != 4 * members[n_unions]):
             raise ValueError("schema: the arrays disagree in size")
         for t in range(n_tables):
             if not 0 <= firsts[t + 1] - firsts[t] <= HS_MAX_FIELDS:
                 raise ValueError(f"schema: table {t} has more than {HS_MAX_FIELDS} fields")
-        if n_unions >= 0 and len(union_members) != 4 * members[n_unions]:
-            raise ValueError("schema: the union arrays disagree in size")
+        for t in range(n_unions):
+            if members[t + 1] < members[t]:
+                raise ValueError(f"schema: union {t} has a negative number of members")
+        for t in range(members[n_unions]):
+            if not -1 <= _ints(union_members)[t] < n_tables:
+                raise ValueError(f"schema: union member {t} names no table")
+        for f in range(firsts[n_tables]):
+            field = &_ints(fields)[f * HS_F_COLUMNS]
+            limit = {HS_TABLE: n_tables, HS_TABLES: n_tables, HS_UNION: n_unions}.get(field[HS_F_KIND], 9)
+            if (field[HS_F_SLOT] < 4 or field[HS_F_SLOT] % 2 or not HS_SCALAR <= field[HS_F_KIND] <= HS_UNION
+                    or not 0 <= field[HS_F_DETAIL] < limit):
+                raise ValueError(f"schema: field {f} is malformed")
         self._keep = (fields, table_first, union_first, union_members)
         self.schema.fields = _ints(fields)
         self.schema.table_first = firsts

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import _verify
-from .._verify import FIELD_COLUMNS, MAX_DEPTH, MAX_TABLES, Schema, verify
+from .._verify import FIELD_COLUMNS, MAX_BUFFER, MAX_DEPTH, MAX_TABLES, Schema, verify
 from ..errors import InvalidModelError
 from ._tflite_schema import TABLES as _GENERATED_TABLES
 from ._tflite_schema import UNIONS
@@ -46,7 +46,6 @@ from ._tflite_schema import UNIONS
 TABLES: dict[str, tuple[tuple[Any, ...], ...]] = _GENERATED_TABLES
 KINDS = ("scalar", "string", "table", "scalars", "strings", "tables", "union")  # _verify.h's order
 SUFFIXES = ("", " vtable", " length", " terminator")
-_MAX_BUFFER = 2**31 - 1
 
 _TABLE_NAMES = sorted(TABLES)
 _UNION_NAMES = sorted(UNIONS)
@@ -59,7 +58,8 @@ def _names_subgraph(table: str, field: tuple[Any, ...]) -> bool:
             and field[3] == 4)
 
 
-def _compile_schema() -> Schema:
+def schema_arrays() -> tuple[bytes, bytes, bytes, bytes, dict[str, int | tuple[int, int]]]:
+    """The generated schema as :class:`Schema` takes it (fields, table_first, union_first, union_members, ids)."""
     table_id = {name: i for i, name in enumerate(_TABLE_NAMES)}
     union_id = {name: i for i, name in enumerate(_UNION_NAMES)}
     rows = []
@@ -96,12 +96,12 @@ def _compile_schema() -> Schema:
     }
     assert len(rows[0]) == FIELD_COLUMNS
     ints = np.dtype(np.int32)  # native byte order, as the walk reads them
-    return Schema(np.array(rows, ints).tobytes(), np.array(table_first, ints).tobytes(),
-                  np.array(union_first, ints).tobytes(),
-                  np.array([m for member in members for m in member], ints).tobytes(), ids)
+    return (np.array(rows, ints).tobytes(), np.array(table_first, ints).tobytes(),
+            np.array(union_first, ints).tobytes(),
+            np.array([m for member in members for m in member], ints).tobytes(), ids)
 
 
-_SCHEMA = _compile_schema()
+_SCHEMA = Schema(*schema_arrays())
 
 # The walk's structural faults, worded: {what} is the structure, {size} the model's.
 _STRUCTURE = {
@@ -166,8 +166,8 @@ def verify_model(data: bytes) -> int:
             buffer, operator code, subgraph) that names nothing.
         MemoryError: if the set of tables seen cannot grow.
     """
-    if len(data) > _MAX_BUFFER:
-        raise InvalidModelError(f"model: expected at most {_MAX_BUFFER} bytes, got {len(data)}")
+    if len(data) > MAX_BUFFER:
+        raise InvalidModelError(f"model: expected at most {MAX_BUFFER} bytes, got {len(data)}")
     found = verify(data, _SCHEMA)
     if isinstance(found, int):
         return found
