@@ -18,7 +18,7 @@ from gil_probe import another_thread_runs_during
 from hypothesis import given, strategies as st
 
 from tflite_hotswap import InvalidModelError
-from tflite_hotswap._verify import Schema
+from tflite_hotswap._verify import Schema, verify
 from tflite_hotswap.safety.verify import schema_arrays, verify_model
 
 BUFFER_VTABLE = 36  # where _model puts the Buffer tables' shared vtable
@@ -141,12 +141,37 @@ def test_a_schema_that_names_what_does_not_exist_is_refused_before_any_walk():
     good = schema_arrays()  # fields, table_first, union_first, union_members, ids
     Schema(*good)
     fields = np.frombuffer(good[0], np.int32).reshape(-1, 5).copy()
-    for column, value in ((2, 10_000), (1, 9), (0, 3)):  # a table id, a kind, an odd slot
-        bad = fields.copy()
-        bad[np.argmax(bad[:, 1] == 5), column] = value  # the first vector of tables
+    for kind, column, value in ((5, 2, 10_000), (5, 1, 9), (5, 0, 3), (0, 2, 0)):
+        bad = fields.copy()  # a table id, a kind, an odd slot; a scalar of size 0 (its alignment)
+        bad[np.argmax(bad[:, 1] == kind), column] = value  # the first field of that kind
         with pytest.raises(ValueError, match="schema"):
             Schema(bad.tobytes(), *good[1:])
     members = np.frombuffer(good[3], np.int32).copy()
     members[0] = 10_000
     with pytest.raises(ValueError, match="names no table"):
         Schema(good[0], good[1], good[2], members.tobytes(), good[4])
+    made = Schema(*good)
+    with pytest.raises(TypeError, match="already made"):
+        made.__init__(*good)  # a walk without the GIL may be reading its arrays
+    with pytest.raises(ValueError, match="never ran"):
+        verify(model_bytes("tiny_f32"), Schema.__new__(Schema))
+    with pytest.raises(TypeError):
+        verify(bytearray(model_bytes("tiny_f32")), made)  # mutable: could change under the walk
+
+
+def test_external_data_that_wraps_around_is_refused():
+    """offset + size wraps to the model's length in uint64: TFLite's own check passes, and both
+    backends then read 2**40 bytes before the model (found by review; segfaulted them)."""
+    data = model_bytes("hostile_large_custom_options_wrap")
+    offset = 2**64 - 2**40
+    _refused(data, f"Operator large custom options at offset {offset} (+{(len(data) - offset) % 2**64}) "
+                   f"lies outside the {len(data)}-byte model")
+
+
+@pytest.mark.parametrize("name", ["hostile_shared_operator", "hostile_shared_signature"])
+def test_shared_tables_cannot_make_the_index_checks_quadratic(name):
+    """4,000 references to one table of 4,000 indices: 16 million checks in a 33 KB model (a 4 MB
+    one ran for minutes).  The checks stop at 4 per byte of the model, 16x what it needs unshared."""
+    data = model_bytes(name)
+    _refused(data, "its tables are shared by so many references that checking their indices would "
+                   f"read more than {4 * len(data) + 4096} of them (4 per byte of the model)")

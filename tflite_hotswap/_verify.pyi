@@ -1,5 +1,7 @@
 """Typed stubs for the model verifier's walk (pyx/tflite_hotswap/_verify.pyx)."""
 
+from typing import Any
+
 FIELD_COLUMNS: int
 MAX_FIELDS: int
 MAX_DEPTH: int
@@ -16,16 +18,21 @@ VTABLE_SIZE: int
 EXTERNAL: int
 NO_MEMORY: int
 REFERENCE: int
+SHARED: int
 
 class Schema:
     """The TFLite layout as the walk reads it (compiled by tflite_hotswap.safety.verify)."""
     def __init__(self, fields: bytes, table_first: bytes, union_first: bytes, union_members: bytes,
-                 ids: dict[str, int | tuple[int, int]]) -> None:
-        """Raises: ValueError: if the arrays disagree in size or an id names nothing."""
+                 ids: dict[str, Any]) -> None:
+        """Raises:
+            ValueError: if the arrays disagree in size or an index names nothing.
+            TypeError: if the schema is already made.
+        """
 
 def verify(data: bytes, schema: Schema) -> int | tuple[int, ...]:
     """Walk ``data`` with the GIL released: the number of tables walked, or the first fault.
 
     Raises:
-        ValueError: if ``data`` is not a contiguous buffer of bytes.
+        TypeError: if ``data`` is not ``bytes``.
+        ValueError: if ``schema`` was never made.
     """

@@ -113,6 +113,47 @@ def many_references(m: Tree) -> Tree:
     return m
 
 
+def shared_operator(m: Tree) -> None:
+    """4,000 operator entries pointing at one operator of 4,000 inputs: quadratic index checks."""
+    op = _sub(m)["Operators"][0]
+    op["Inputs"] = T.Vec.of_ints(4, [0] * 4000)
+    _sub(m)["Operators"] = [op] * 4000
+
+
+def shared_signature(m: Tree) -> None:
+    """4,000 signatures pointing at one SignatureDef of 4,000 tensor maps: quadratic index checks."""
+    sig = m["SignatureDefs"][0]
+    sig["Inputs"] = [sig["Inputs"][0]] * 4000
+    m["SignatureDefs"] = [sig] * 4000
+
+
+_OFFSET, _SIZE = 0x1122334455667788, 0x0102030405060708  # placeholders, found in the bytes
+
+
+def large_custom_options_wrap(m: Tree) -> Callable[[bytes], bytes]:
+    """An operator's large custom options at offset 2**64 - 2**40: offset + size wraps to the
+    model's length, which passes TFLite's own check, and the backends read 2**40 bytes back."""
+    m["OperatorCodes"].append({"_type": "OperatorCode", "DeprecatedBuiltinCode": bytes([32]),
+                               "CustomCode": b"Mfcc", "BuiltinCode": T.u32(32), "Version": T.u32(1)})
+    op = _sub(m)["Operators"][0]
+    op["OpcodeIndex"] = T.u32(len(m["OperatorCodes"]) - 1)
+    for key in ("BuiltinOptionsType", "BuiltinOptions"):
+        op.pop(key, None)
+    op["LargeCustomOptionsOffset"] = _OFFSET.to_bytes(8, "little")
+    op["LargeCustomOptionsSize"] = _SIZE.to_bytes(8, "little")
+
+    def finish(data: bytes) -> bytes:
+        out = bytearray(data)
+        out += (1 << 40).to_bytes(8, "little") + bytes([(9 << 2) | 3, 8])  # a flexbuffer map's root
+        offset = 2**64 - 2**40
+        for placeholder, value in ((_OFFSET, offset), (_SIZE, (len(out) - offset) % 2**64)):
+            at = out.index(placeholder.to_bytes(8, "little"))
+            out[at:at + 8] = value.to_bytes(8, "little")
+        return bytes(out)
+
+    return finish
+
+
 HOSTILE: dict[str, tuple[str, Callable[[Tree], Any]]] = {
     "hostile_op_output_minus1": ("version_1", op_output_minus1),
     "hostile_signature_missing_subgraph": ("version_1", signature_missing_subgraph),
@@ -129,6 +170,9 @@ HOSTILE: dict[str, tuple[str, Callable[[Tree], Any]]] = {
     "hostile_string_input": ("version_1", string_input),
     "hostile_many_references": ("tiny_f32", many_references),
     "hostile_output_is_input": ("tiny_f32", output_is_input),
+    "hostile_shared_operator": ("tiny_f32", shared_operator),
+    "hostile_shared_signature": ("version_1", shared_signature),
+    "hostile_large_custom_options_wrap": ("tiny_f32", large_custom_options_wrap),
 }
 
 
@@ -136,8 +180,10 @@ def main() -> None:
     for name, (source, edit) in HOSTILE.items():
         tree = T.decode((MODELS / f"{source}.tflite").read_bytes())
         tree = copy.deepcopy(tree)
-        edit(tree)
+        finish = edit(tree)  # may return a last edit of the bytes
         data = T.encode(tree)
+        if callable(finish):
+            data = finish(data)
         (MODELS / f"{name}.tflite").write_bytes(data)
         print(f"tests/models/{name}.tflite: {len(data)} bytes ({edit.__doc__ or edit.__name__})"
               .split("\n")[0])

@@ -10,14 +10,19 @@
  *
  * hs_verify_structure walks every table, vector and string the schema defines
  * with the checks of flatbuffers' own Verifier (bounds, alignment, vtable
- * sizes, string terminators, nesting depth) plus a buffer's external
- * offset/size, the one reference the schema cannot express.  Each table
+ * sizes, string terminators, nesting depth) plus the external offset/size
+ * pairs the schema cannot express (a Buffer's data, an Operator's large custom
+ * options: the backends read base + offset unchecked, and TFLite's own guard
+ * wraps around in uint64).  Each table
  * position is walked once per type (a set of the positions seen), so the work
  * is linear in the model's size however many references point at one table.
  *
  * hs_verify_references then checks, on a model the walk accepted (so every
  * field it reads lies inside the model), that every index names something
- * that exists: tensors, buffers, operator codes, subgraphs.
+ * that exists: tensors, buffers, operator codes, subgraphs.  Tables shared
+ * by many references are checked at each one, so its work is bounded: a
+ * budget of HS_REFERENCE_READS_PER_BYTE indices per byte of the model, which
+ * a model without shared tables needs a sixteenth of.
  *
  * Either reports its first fault in an hs_verify_error; the Python side turns
  * it into the message.  Every integer is widened to int64_t before any
@@ -34,6 +39,7 @@
 #define HS_MAX_DEPTH 64
 #define HS_MAX_TABLES 1000000
 #define HS_MAX_FIELDS 64 /* per table; TFLite's largest has 16 */
+#define HS_REFERENCE_READS_PER_BYTE 4
 
 /* Field kinds (the order of tflite_hotswap.safety.verify.KINDS). */
 enum { HS_SCALAR, HS_STRING, HS_TABLE, HS_SCALARS, HS_STRINGS, HS_TABLES, HS_UNION };
@@ -53,9 +59,10 @@ enum {
     HS_V_TARGET,      /* what[v0] at byte v1 has offset v2 that points outside */
     HS_V_TOO_MANY,    /* table at byte v0: nested too deep, or too many tables */
     HS_V_VTABLE_SIZE, /* table at byte v0 has vtable size v1 */
-    HS_V_EXTERNAL,    /* Buffer data at offset v0 (+v1) lies outside */
+    HS_V_EXTERNAL,    /* table's external data at offset v0 (+v1) lies outside */
     HS_V_NO_MEMORY,
-    HS_V_REFERENCE,   /* an index that names nothing: v[] as in hs_reference */
+    HS_V_REFERENCE,   /* an index that names nothing: v[] as in hs_in_range */
+    HS_V_SHARED,      /* the references pass would read more than v0 indices */
 };
 /* Suffixes of "what" (the order of verify.SUFFIXES). */
 enum { HS_W_NONE, HS_W_VTABLE, HS_W_LENGTH, HS_W_TERMINATOR };
@@ -82,7 +89,8 @@ typedef struct {
     const int32_t* union_members; /* table id, or -1 */
     int32_t n_tables, n_unions;
     /* Table ids and vtable slots both passes need, looked up by name in Python. */
-    int32_t model, buffer, buffer_offset, buffer_size;
+    int32_t model;
+    int32_t external[2][3]; /* (table, offset slot, size slot): Buffer data, Operator large custom options */
     int32_t model_opcodes, model_buffers, model_subgraphs, model_signatures;
     int32_t subgraph_tensors, subgraph_inputs, subgraph_outputs, subgraph_operators;
     int32_t tensor_buffer;
@@ -271,13 +279,15 @@ static int hs_fields(hs_walk* w, int64_t pos, int32_t table, int depth, int64_t 
         }
         }
     }
-    if (table == s->buffer && s->buffer_offset >= 0) {
-        /* Models over 2 GB keep buffer contents after the flatbuffer, located by
-         * offset/size; the backend reads there unchecked. */
+    for (int x = 0; x < 2; x++) {
+        /* Models over 2 GB keep buffer contents (and large custom options)
+         * after the flatbuffer, located by offset/size; the backends read there
+         * unchecked.  Both fields are scalars of 8 bytes, walked above. */
+        if (table != s->external[x][0]) continue;
         int64_t at_offset = 0, at_size = 0;
         for (int32_t f = first; f < end; f++) {
-            if (s->fields[f * HS_F_COLUMNS + HS_F_SLOT] == s->buffer_offset) at_offset = present[f - first];
-            if (s->fields[f * HS_F_COLUMNS + HS_F_SLOT] == s->buffer_size) at_size = present[f - first];
+            if (s->fields[f * HS_F_COLUMNS + HS_F_SLOT] == s->external[x][1]) at_offset = present[f - first];
+            if (s->fields[f * HS_F_COLUMNS + HS_F_SLOT] == s->external[x][2]) at_size = present[f - first];
         }
         if (at_offset) {
             uint64_t start = hs_u64(w->buf, at_offset), length = at_size ? hs_u64(w->buf, at_size) : 0;
@@ -352,12 +362,17 @@ static hs_ref_table hs_ref_element(const hs_ref_table* t, int64_t first, int64_t
     return hs_ref_open(t->buf, entry + hs_u32(t->buf, entry));
 }
 
-typedef struct { hs_verify_error* err; int kind; int64_t where, where2; } hs_ref_site;
+typedef struct { hs_verify_error* err; int64_t* budget; int kind; int64_t where, where2; } hs_ref_site;
 
-/* Is `value` (the i-th of its kind) in [low, high)?  v[]: kind, where, where2, i, value, low, high. */
+/* Is `value` (the i-th of its kind) in [low, high)?  v[]: kind, where, where2, i, value, low, high.
+ * Each call spends one of the budget's reads. */
 static int hs_in_range(const hs_ref_site* site, int64_t i, int64_t value, int64_t low, int64_t high) {
-    if (value >= low && value < high) return 0;
     hs_verify_error* e = site->err;
+    if (--*site->budget < 0) {
+        e->code = HS_V_SHARED;
+        return -1;
+    }
+    if (value >= low && value < high) return 0;
     e->code = HS_V_REFERENCE;
     int64_t v[7] = {site->kind, site->where, site->where2, i, value, low, high};
     memcpy(e->v, v, sizeof(v));
@@ -373,7 +388,7 @@ static int hs_ints_in_range(const hs_ref_site* site, const hs_ref_table* t, int3
 }
 
 static int hs_options(const hs_schema* s, const hs_ref_table* op, int64_t sub, int64_t o, int64_t n_subgraphs,
-                      hs_verify_error* err) {
+                      hs_verify_error* err, int64_t* budget) {
     for (int u = 0; u < 2; u++) {
         int64_t type_at = hs_ref_at(op, s->op_options_type[u]), options_at = hs_ref_at(op, s->op_options[u]);
         if (!type_at || !options_at) continue;
@@ -385,7 +400,7 @@ static int hs_options(const hs_schema* s, const hs_ref_table* op, int64_t sub, i
         for (int32_t f = s->table_first[member]; f < s->table_first[member + 1]; f++) {
             const int32_t* field = &s->fields[f * HS_F_COLUMNS];
             if (!field[HS_F_SUBGRAPH]) continue;
-            hs_ref_site site = {err, HS_R_OPTION, sub, o};
+            hs_ref_site site = {err, budget, HS_R_OPTION, sub, o};
             err->table = member;
             err->field = f;
             if (field[HS_F_KIND] == HS_SCALARS) {
@@ -400,9 +415,9 @@ static int hs_options(const hs_schema* s, const hs_ref_table* op, int64_t sub, i
 }
 
 static int hs_subgraph_references(const hs_schema* s, const hs_ref_table* sub, int64_t index, int64_t n_opcodes,
-                                  int64_t n_buffers, int64_t n_subgraphs, hs_verify_error* err) {
+                                  int64_t n_buffers, int64_t n_subgraphs, hs_verify_error* err, int64_t* budget) {
     int64_t n, first = hs_ref_vector(sub, s->subgraph_tensors, &n), n_ops;
-    hs_ref_site site = {err, HS_R_TENSOR_BUFFER, index, 0};
+    hs_ref_site site = {err, budget, HS_R_TENSOR_BUFFER, index, 0};
     for (int64_t i = 0; i < n; i++) {
         hs_ref_table tensor = hs_ref_element(sub, first, i);
         if (hs_in_range(&site, i, hs_ref_u32(&tensor, s->tensor_buffer), 0, n_buffers > 1 ? n_buffers : 1)) return -1;
@@ -414,7 +429,7 @@ static int hs_subgraph_references(const hs_schema* s, const hs_ref_table* sub, i
     int64_t ops = hs_ref_vector(sub, s->subgraph_operators, &n_ops);
     for (int64_t o = 0; o < n_ops; o++) {
         hs_ref_table op = hs_ref_element(sub, ops, o);
-        hs_ref_site at_op = {err, HS_R_OPCODE, index, o};
+        hs_ref_site at_op = {err, budget, HS_R_OPCODE, index, o};
         if (hs_in_range(&at_op, 0, hs_ref_u32(&op, s->op_opcode), 0, n_opcodes)) return -1;
         at_op.kind = HS_R_OP_INPUTS; /* -1: an omitted optional input */
         if (hs_ints_in_range(&at_op, &op, s->op_inputs, -1, n)) return -1;
@@ -422,15 +437,18 @@ static int hs_subgraph_references(const hs_schema* s, const hs_ref_table* sub, i
         if (hs_ints_in_range(&at_op, &op, s->op_outputs, 0, n)) return -1;
         at_op.kind = HS_R_OP_INTERMEDIATES;
         if (hs_ints_in_range(&at_op, &op, s->op_intermediates, 0, n)) return -1;
-        if (hs_options(s, &op, index, o, n_subgraphs, err)) return -1;
+        if (hs_options(s, &op, index, o, n_subgraphs, err, budget)) return -1;
     }
     return 0;
 }
 
-/* 0, or -1 with *err filled in (code HS_V_REFERENCE).  Only on a model that
- * hs_verify_structure accepted. */
-static int hs_verify_references(const hs_schema* s, const uint8_t* buf, hs_verify_error* err) {
+/* 0, or -1 with *err filled in (HS_V_REFERENCE, or HS_V_SHARED with the
+ * budget in v[0]).  Only on a model of `size` bytes that hs_verify_structure
+ * accepted. */
+static int hs_verify_references(const hs_schema* s, const uint8_t* buf, int64_t size, hs_verify_error* err) {
+    int64_t budget = HS_REFERENCE_READS_PER_BYTE * size + 4096;
     memset(err, 0, sizeof(*err));
+    err->v[0] = budget;
     hs_ref_table model = hs_ref_open(buf, hs_u32(buf, 0));
     int64_t n_opcodes, n_buffers, n_subgraphs, n_signatures;
     hs_ref_vector(&model, s->model_opcodes, &n_opcodes);
@@ -438,17 +456,17 @@ static int hs_verify_references(const hs_schema* s, const uint8_t* buf, hs_verif
     int64_t subgraphs = hs_ref_vector(&model, s->model_subgraphs, &n_subgraphs);
     for (int64_t i = 0; i < n_subgraphs; i++) {
         hs_ref_table sub = hs_ref_element(&model, subgraphs, i);
-        if (hs_subgraph_references(s, &sub, i, n_opcodes, n_buffers, n_subgraphs, err)) return -1;
+        if (hs_subgraph_references(s, &sub, i, n_opcodes, n_buffers, n_subgraphs, err, &budget)) return -1;
     }
     int64_t signatures = hs_ref_vector(&model, s->model_signatures, &n_signatures);
     for (int64_t g = 0; g < n_signatures; g++) {
         hs_ref_table sig = hs_ref_element(&model, signatures, g);
         int64_t index = hs_ref_u32(&sig, s->signature_subgraph), n_tensors, j = 0;
-        hs_ref_site site = {err, HS_R_SIGNATURE_SUBGRAPH, g, 0};
+        hs_ref_site site = {err, &budget, HS_R_SIGNATURE_SUBGRAPH, g, 0};
         if (hs_in_range(&site, 0, index, 0, n_subgraphs)) return -1;
         hs_ref_table sub = hs_ref_element(&model, subgraphs, index);
         hs_ref_vector(&sub, s->subgraph_tensors, &n_tensors);
-        site = (hs_ref_site){err, HS_R_SIGNATURE_TENSOR, g, index};
+        site = (hs_ref_site){err, &budget, HS_R_SIGNATURE_TENSOR, g, index};
         int32_t maps[2] = {s->signature_inputs, s->signature_outputs};
         for (int m = 0; m < 2; m++) {
             int64_t n, first = hs_ref_vector(&sig, maps[m], &n);

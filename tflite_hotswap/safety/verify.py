@@ -5,9 +5,11 @@ so a truncated or corrupted file makes it read outside the buffer and crash.
 The walk (``_verify.h``, in C with the GIL released: a swap verifies each new
 model beside the serving loop) visits every table, vector and string the
 TFLite schema defines, with the checks of flatbuffers' own Verifier (bounds,
-alignment, vtable sizes, string terminators, nesting depth) plus the one
-reference the schema cannot express, a buffer's external ``offset``/``size``,
-so that everything the backend reads lies inside the model.  Each table
+alignment, vtable sizes, string terminators, nesting depth) plus what the
+schema cannot express, the external ``offset``/``size`` pairs of a Buffer's
+data and an Operator's large custom options (TFLite's own check of the
+latter wraps around), so that everything the backend reads lies inside the
+model.  Each table
 position is walked once per type: a model pointing a million references at
 one table costs a million lookups, not a million walks.
 
@@ -23,6 +25,10 @@ missing subgraph.  As TFLite defines them:
 * SignatureDef subgraph indices and control-flow options (WHILE, IF,
   CALL_ONCE, CALL, StableHLO regions): a subgraph;
 * signature tensor indices: a tensor of the signature's subgraph.
+
+A table shared by many references has its indices checked at each one; the
+checks stop at 4 per byte of the model (16 times what an unshared model needs),
+so that no model makes them quadratic.
 
 What is left -- semantic faults no walk can see -- is for the isolated probe
 (``isolation``).  This module compiles the generated schema
@@ -58,7 +64,7 @@ def _names_subgraph(table: str, field: tuple[Any, ...]) -> bool:
             and field[3] == 4)
 
 
-def schema_arrays() -> tuple[bytes, bytes, bytes, bytes, dict[str, int | tuple[int, int]]]:
+def schema_arrays() -> tuple[bytes, bytes, bytes, bytes, dict[str, Any]]:
     """The generated schema as :class:`Schema` takes it (fields, table_first, union_first, union_members, ids)."""
     table_id = {name: i for i, name in enumerate(_TABLE_NAMES)}
     union_id = {name: i for i, name in enumerate(_UNION_NAMES)}
@@ -77,9 +83,11 @@ def schema_arrays() -> tuple[bytes, bytes, bytes, bytes, dict[str, int | tuple[i
         found: int = next(f[0] for f in TABLES[table] if f[1] == field)
         return found
 
-    ids: dict[str, int | tuple[int, int]] = {
-        "model": table_id["Model"], "buffer": table_id["Buffer"],
-        "buffer_offset": slot("Buffer", "Offset"), "buffer_size": slot("Buffer", "Size"),
+    ids: dict[str, Any] = {
+        "model": table_id["Model"],
+        "external": ((table_id["Buffer"], slot("Buffer", "Offset"), slot("Buffer", "Size")),
+                     (table_id["Operator"], slot("Operator", "LargeCustomOptionsOffset"),
+                      slot("Operator", "LargeCustomOptionsSize"))),
         "model_opcodes": slot("Model", "OperatorCodes"), "model_buffers": slot("Model", "Buffers"),
         "model_subgraphs": slot("Model", "Subgraphs"), "model_signatures": slot("Model", "SignatureDefs"),
         "subgraph_tensors": slot("SubGraph", "Tensors"), "subgraph_inputs": slot("SubGraph", "Inputs"),
@@ -113,8 +121,11 @@ _STRUCTURE = {
     _verify.TARGET: "{what}[{0}] at byte {1} has offset {2}; expected one that points inside the {size}-byte model",
     _verify.TOO_MANY: f"{{what}} at byte {{0}}: nesting deeper than {MAX_DEPTH} or more than {MAX_TABLES} tables",
     _verify.VTABLE_SIZE: "{what} at byte {0}: vtable size {1}; expected an even size >= 4",
-    _verify.EXTERNAL: "Buffer data at offset {0} (+{1}) lies outside the {size}-byte model",
+    _verify.EXTERNAL: "{what} at offset {0} (+{1}) lies outside the {size}-byte model",
+    _verify.SHARED: ("its tables are shared by so many references that checking their indices would "
+                     "read more than {0} of them (4 per byte of the model)"),
 }
+_EXTERNAL = {"Buffer": "Buffer data", "Operator": "Operator large custom options"}
 # _verify.h's kinds of index (HS_R_*): where it is, and what it must name.
 _REFERENCES = (
     ("subgraph {s} tensor buffer", "a buffer index"),
@@ -179,5 +190,6 @@ def verify_model(data: bytes) -> int:
         raise MemoryError("verifying the model: no memory for the set of tables seen")
     if code == _verify.EXTERNAL:  # unsigned 64-bit values
         values = [v % 2**64 for v in values]
-    message = _STRUCTURE[code].format(*values, what=_what(table, field, suffix), size=len(data))
+    what = _EXTERNAL[_TABLE_NAMES[table]] if code == _verify.EXTERNAL else _what(table, field, suffix)
+    message = _STRUCTURE[code].format(*values, what=what, size=len(data))
     raise InvalidModelError(f"model is not a valid TFLite flatbuffer: {message}") from None
