@@ -3,10 +3,10 @@
 from typing import Any
 
 FIELD_COLUMNS: int
-MAX_FIELDS: int
 MAX_DEPTH: int
 MAX_TABLES: int
 MAX_BUFFER: int
+REFERENCE_READS_PER_BYTE: int
 OUTSIDE: int
 MISALIGNED: int
 OFFSET: int

@@ -23,6 +23,7 @@ cdef extern from "_verify.h":
     enum: HS_MAX_FIELDS
     enum: HS_MAX_DEPTH
     enum: HS_MAX_TABLES
+    enum: HS_REFERENCE_READS_PER_BYTE
     enum:
         HS_V_OUTSIDE
         HS_V_MISALIGNED
@@ -64,10 +65,10 @@ cdef extern from "_verify.h":
                              hs_verify_error* err) noexcept nogil
 
 FIELD_COLUMNS = HS_F_COLUMNS
-MAX_FIELDS = HS_MAX_FIELDS
 MAX_DEPTH = HS_MAX_DEPTH
 MAX_TABLES = HS_MAX_TABLES
 MAX_BUFFER = HS_MAX_BUFFER
+REFERENCE_READS_PER_BYTE = HS_REFERENCE_READS_PER_BYTE
 # The faults verify() reports, as its tuples' first item.
 OUTSIDE, MISALIGNED, OFFSET, CLAIMS, NO_NUL, TARGET = (
     HS_V_OUTSIDE, HS_V_MISALIGNED, HS_V_OFFSET, HS_V_CLAIMS, HS_V_NO_NUL, HS_V_TARGET)

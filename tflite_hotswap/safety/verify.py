@@ -27,7 +27,7 @@ missing subgraph.  As TFLite defines them:
 * signature tensor indices: a tensor of the signature's subgraph.
 
 A table shared by many references has its indices checked at each one; the
-checks stop at 4 per byte of the model (16 times what an unshared model needs),
+checks stop at REFERENCE_READS_PER_BYTE (4) per byte of the model (16 times what an unshared model needs),
 so that no model makes them quadratic.
 
 What is left -- semantic faults no walk can see -- is for the isolated probe
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .. import _verify
-from .._verify import FIELD_COLUMNS, MAX_BUFFER, MAX_DEPTH, MAX_TABLES, Schema, verify
+from .._verify import FIELD_COLUMNS, MAX_BUFFER, MAX_DEPTH, MAX_TABLES, REFERENCE_READS_PER_BYTE, Schema, verify
 from ..errors import InvalidModelError
 from ._tflite_schema import TABLES as _GENERATED_TABLES
 from ._tflite_schema import UNIONS
@@ -123,7 +123,7 @@ _STRUCTURE = {
     _verify.VTABLE_SIZE: "{what} at byte {0}: vtable size {1}; expected an even size >= 4",
     _verify.EXTERNAL: "{what} at offset {0} (+{1}) lies outside the {size}-byte model",
     _verify.SHARED: ("its tables are shared by so many references that checking their indices would "
-                     "read more than {0} of them (4 per byte of the model)"),
+                     f"read more than {{0}} of them ({REFERENCE_READS_PER_BYTE} per byte of the model)"),
 }
 _EXTERNAL = {"Buffer": "Buffer data", "Operator": "Operator large custom options"}
 # _verify.h's kinds of index (HS_R_*): where it is, and what it must name.
