@@ -131,7 +131,8 @@ def main() -> int:
             name = b["name"].replace("test_run_loop_latency", "").replace("test_tiny_loop_beside_20mb_swaps",
                                                                            "tiny loop beside 20mb")
             print(f"{name:<46}" + "".join(f"{e[k]:>12}" for k in keys[:7])
-                  + f"  {e['max_stall_per_window_ms']} / {e['median_stall_per_window_ms']}")
+                  + f"  {e['max_stall_per_window_ms']} / {e['median_stall_per_window_ms']}"
+                  + (f", {e['windows_over_2ms']} of {e['windows']} over 2 ms" if "windows_over_2ms" in e else ""))
     scaling = {b["name"]: b["extra_info"]["calls_per_second"] for b in report["benchmarks"] if b["group"] == "scaling"}
     if len(scaling) == 2:
         one, two = scaling["test_two_callers[1]"], scaling["test_two_callers[2]"]
