@@ -4,7 +4,8 @@ A thread calls run() as fast as it can and times every call; the main thread
 swaps in a new version every 100 ms for 8 s, as an updater does: each
 version's bytes differ from every other's (one weight changed), so nothing a
 load caches per model spares a swap its work; every swap reads the file,
-verifies, loads, allocates and warms up.  Reported in extra_info: failed
+verifies it, proves it loadable in a child process (the default isolation),
+loads, allocates and warms up.  Reported in extra_info: failed
 calls (must be 0), p50/p99/p99.9/max call latency, and per swap the longest
 call from the swap's start to the next swap's start -- so the retired
 version's destruction on the reclaimer thread counts too.  The stall is that

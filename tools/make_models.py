@@ -193,7 +193,6 @@ def main() -> None:
     _write(TESTS, "image_f32.tflite", image(32, 224, None))
     _write(TESTS, "image_int8.tflite", image(32, 224, "int8"))
     _write(TESTS, "dense_512k.tflite", dense(256, 512, 7))
-    _write(TESTS, "dense_512k_b.tflite", dense(256, 512, 8))
     _write(TESTS, "dense_20mb.tflite", dense(2048, 2560, 9))
     _write(TESTS, "dense_20mb_b.tflite", dense(2048, 2560, 11))
     _write(TESTS, "conv_heavy.tflite", conv_heavy())
