@@ -2,7 +2,8 @@
 
     python updater_child.py STORE SOURCE_URL
 
-Prints ``serving <version>`` once the runtime is open, then one line per round.
+Prints ``serving <version>`` once the runtime is open, then one line per round
+and ``probation <version>`` when a probation starts.
 """
 
 import json
@@ -13,6 +14,7 @@ import numpy as np
 from updater_helpers import demo_model
 
 from tflite_hotswap import Probation, Runtime, Updater
+from tflite_hotswap.updater.events import ProbationStarted
 from tflite_hotswap.updater.state import UpdaterState
 
 store, url = sys.argv[1:3]
@@ -29,7 +31,14 @@ def loop() -> None:
 
 
 threading.Thread(target=loop, daemon=True).start()
-up = Updater(rt, url, store, "demo", "device-1",
+
+
+def on_event(event: object) -> None:
+    if isinstance(event, ProbationStarted):  # the test's cue to kill during a probation
+        print("probation", event.version, flush=True)
+
+
+up = Updater(rt, url, store, "demo", "device-1", on_event=on_event,
              probation=Probation(calls=20, seconds=0.6, check_every=0.02, min_baseline_calls=10 ** 9))
 while True:
     result = up.check_now()
