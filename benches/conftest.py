@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 from tflite_hotswap import load_backend
@@ -18,3 +19,24 @@ def raw_interpreter(name: str, num_threads: int | None = None):
     interpreter = load_backend().interpreter_class(model_path=model_path(name), num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
+
+
+def write_versions(name: str, directory: pathlib.Path, swaps: int) -> list[str]:
+    """``swaps + 1`` files, each a valid version of model ``name`` with distinct bytes (one weight changed).
+
+    The weight is a float32 of the model's largest buffer, near the file's
+    middle (that buffer is nearly the whole file): its lowest mantissa byte is
+    changed, so every version differs from every other, as an updater's do,
+    and nothing a load caches per model spares a swap its work.
+    """
+    data = pathlib.Path(model_path(name)).read_bytes()
+    middle = len(data) // 2 & ~3  # buffers are 16-byte aligned: float32s sit at multiples of 4
+    paths = []
+    for i in range(swaps + 1):
+        version = bytearray(data)
+        version[middle + 4 * (i // 255)] ^= i % 255 + 1
+        path = directory / f"{name}_{i}.tflite"
+        path.write_bytes(version)
+        paths.append(str(path))
+    os.sync()  # written back now, not while measured
+    return paths

@@ -133,6 +133,17 @@ def main() -> int:
             print(f"{name:<46}" + "".join(f"{e[k]:>12}" for k in keys[:7])
                   + f"  {e['max_stall_per_window_ms']} / {e['median_stall_per_window_ms']}"
                   + (f", {e['windows_over_2ms']} of {e['windows']} over 2 ms" if "windows_over_2ms" in e else ""))
+    saturated = {b["name"].split("[")[-1].rstrip("]"): b["extra_info"] for b in report["benchmarks"]
+                 if b["group"] == "saturated-cores"}
+    if saturated:
+        cpu = next(iter(saturated.values()))
+        print(f"\n2 callers keeping both cores busy (conv_heavy, workers=2); a swap of the 20 MB model takes "
+              f"{cpu['probe_cpu_ms']} ms of CPU in the probe and {cpu['own_cpu_ms']} ms in the serving process; "
+              f"per step (nothing: per 100 ms tick), longest call minus median (ms):")
+        for name, e in saturated.items():
+            print(f"  beside {name:<10} max {e['max_stall_ms']:>6}  median {e['median_stall_ms']:>6}  "
+                  f"{e['windows_over_2ms']} of {e['windows']} over 2 ms  ({e['steps']} done, "
+                  f"median call {e['median_call_ms']} ms, {e['calls_per_s']} calls/s, {e['failed_calls']} failed)")
     scaling = {b["name"]: b["extra_info"]["calls_per_second"] for b in report["benchmarks"] if b["group"] == "scaling"}
     if len(scaling) == 2:
         one, two = scaling["test_two_callers[1]"], scaling["test_two_callers[2]"]

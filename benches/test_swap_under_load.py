@@ -30,34 +30,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import model_path
+from conftest import model_path, write_versions
 from tflite_hotswap import Runtime
 
 SECONDS = 8.0  # a swap of the 20 MB model takes 0.1-0.2 s (probe included): 30+ swaps
 EVERY = 0.1
+SWAPS = int(SECONDS / EVERY) + 1  # at most one per tick
 MAX_CALLS = int(SECONDS / 1e-7)  # room for 0.1 us calls; zeroed lazily, touched as far as the loop gets
-
-
-def _versions(name: str, directory, swap: bool) -> list[str]:
-    """One file per swap (and one to start from), each with one weight of ``name`` changed.
-
-    The weight is a float32 of the model's largest buffer, near the file's
-    middle (that buffer is nearly the whole file): its lowest mantissa byte is
-    changed, so every version is a valid model with distinct bytes.  Without
-    swaps, the model itself.
-    """
-    if not swap:
-        return [model_path(name)]
-    data = open(model_path(name), "rb").read()
-    middle = len(data) // 2 & ~3  # buffers are 16-byte aligned: float32s sit at multiples of 4
-    paths = []
-    for i in range(int(SECONDS / EVERY) + 2):
-        version = bytearray(data)
-        version[middle + 4 * (i // 255)] ^= i % 255 + 1
-        path = directory / f"{name}_{i}.tflite"
-        path.write_bytes(version)
-        paths.append(str(path))
-    return paths
 
 
 def _loop(versions: list[str], swap: bool, loop_on: str | None = None):
@@ -133,7 +112,7 @@ def versions_dir(tmp_path):
 @pytest.mark.parametrize("swap", [False, True], ids=["no-swaps", "swap-every-100ms"])
 def test_run_loop_latency(benchmark, versions_dir, size, swap):
     benchmark.group = f"swap-under-load-{size}"
-    versions = _versions(f"dense_{size}", versions_dir, swap)
+    versions = write_versions(f"dense_{size}", versions_dir, SWAPS) if swap else [model_path(f"dense_{size}")]
     result = benchmark.pedantic(_loop, args=(versions, swap), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert result["failed_calls"] == 0
@@ -142,7 +121,7 @@ def test_run_loop_latency(benchmark, versions_dir, size, swap):
 @pytest.mark.parametrize("swap", [False, True], ids=["no-swaps", "swap-every-100ms"])
 def test_tiny_loop_beside_20mb_swaps(benchmark, versions_dir, swap):
     benchmark.group = "swap-under-load-beside"
-    versions = _versions("dense_20mb", versions_dir, swap)
+    versions = write_versions("dense_20mb", versions_dir, SWAPS) if swap else [model_path("dense_20mb")]
     result = benchmark.pedantic(_loop, args=(versions, swap, "tiny_f32"), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert result["failed_calls"] == 0
