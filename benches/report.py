@@ -128,8 +128,9 @@ def main() -> int:
               + "  max/median stall per swap (ms; without swaps: per 100 ms)")
         for b in swaps:
             e = b["extra_info"]
-            name = b["name"].replace("test_run_loop_latency", "").replace("test_tiny_loop_beside_20mb_swaps",
-                                                                           "tiny loop beside 20mb")
+            name = b["name"].replace("test_run_loop_latency", "").replace(
+                "test_tiny_loop_beside_20mb_swaps", "tiny loop beside 20mb").replace(
+                "test_loop_beside_raw_loads", "20mb, no swaps, 2 raw loads/100 ms beside")
             print(f"{name:<46}" + "".join(f"{e[k]:>12}" for k in keys[:7])
                   + f"  {e['max_stall_per_window_ms']} / {e['median_stall_per_window_ms']}"
                   + (f", {e['windows_over_2ms']} of {e['windows']} over 2 ms" if "windows_over_2ms" in e else ""))
