@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
+import time
+
+import numpy as np
 
 from tflite_hotswap import load_backend
 
@@ -40,3 +44,26 @@ def write_versions(name: str, directory: pathlib.Path, swaps: int) -> list[str]:
         paths.append(str(path))
     os.sync()  # written back now, not while measured
     return paths
+
+
+def timed_calls(run, x, stop: threading.Event, ends: np.ndarray, took: np.ndarray, failed: list[int]) -> int:
+    """``run(x)`` until ``stop`` is set or the arrays are full; returns how many calls were made.
+
+    Each call's end and duration (perf_counter ns) go into ``ends`` and
+    ``took``, allocated up front, so the loop allocates nothing of its own:
+    growing lists of millions of entries reallocates blocks of tens of MB
+    between calls, GIL held, and a swapping thread waits on it.  A call that
+    raises counts in ``failed[0]``.
+    """
+    n = 0
+    while not stop.is_set() and n < len(took):
+        t0 = time.perf_counter_ns()
+        try:
+            run(x)
+        except Exception:
+            failed[0] += 1
+        t1 = time.perf_counter_ns()
+        ends[n] = t1
+        took[n] = t1 - t0
+        n += 1
+    return n

@@ -35,11 +35,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import model_path, write_versions
+from conftest import model_path, timed_calls, write_versions
 from tflite_hotswap import Runtime
 
 SECONDS, EVERY, CALIBRATION_SWAPS = 8.0, 0.1, 8
 SWAPS = CALIBRATION_SWAPS + int(SECONDS / EVERY)
+MAX_CALLS = int((SECONDS + 1) / 1e-3)  # per caller: room for 1 ms calls, 10 times shorter than these
 # The control's probe: per line, a forked child at the probe's nice 10 spins
 # for that many CPU seconds (as the probe's throwaway fork loads the model).
 PROBE_ALIKE = """
@@ -111,19 +112,13 @@ def _run(versions: list[str], swap_cpu: tuple[float, float], background: str) ->
     swapped = Runtime(versions[0]) if background == "swaps" else None
     prober = subprocess.Popen([sys.executable, "-c", PROBE_ALIKE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, bufsize=1) if background == "same-cpu" else None
-    stop, failed, timings = threading.Event(), [0], [[], []]
+    stop, failed = threading.Event(), [0]
+    timings = [(np.zeros(MAX_CALLS, np.int64), np.zeros(MAX_CALLS, np.int64), [0]) for _ in range(2)]
 
-    def caller(mine: list) -> None:
-        while not stop.is_set():
-            t0 = time.perf_counter_ns()
-            try:
-                rt.run(x)
-            except Exception:
-                failed[0] += 1
-            t1 = time.perf_counter_ns()
-            mine.append((t1 - t0, t1))
+    def caller(ends: np.ndarray, took: np.ndarray, calls: list[int]) -> None:
+        calls[0] = timed_calls(rt.run, x, stop, ends, took, failed)
 
-    threads = [threading.Thread(target=caller, args=(mine,)) for mine in timings]
+    threads = [threading.Thread(target=caller, args=mine) for mine in timings]
     for thread in threads:
         thread.start()
     time.sleep(0.5)  # both callers running
@@ -149,8 +144,8 @@ def _run(versions: list[str], swap_cpu: tuple[float, float], background: str) ->
     rt.close()
     if swapped is not None:
         swapped.close()
-    took = np.array([t for mine in timings for t, _ in mine], np.int64)
-    ends = np.array([e for mine in timings for _, e in mine], np.int64)
+    ends = np.concatenate([mine_ends[:calls[0]] for mine_ends, _, calls in timings])
+    took = np.concatenate([mine_took[:calls[0]] for _, mine_took, calls in timings])
     starts, median = ends - took, np.median(took)
     if background == "nothing":
         steps = [(t, t + int(EVERY * 1e9)) for t in range(start, end, int(EVERY * 1e9))]

@@ -32,7 +32,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import model_path, write_versions
+from conftest import model_path, timed_calls, write_versions
 from tflite_hotswap import Runtime
 
 SECONDS = 8.0  # a swap of the 20 MB model takes 0.1-0.2 s (probe included): 30+ swaps
@@ -65,26 +65,12 @@ def _loop(versions: list[str], swap: bool, loop_on: str | None = None, raw_loads
     rt = Runtime(model_path(loop_on)) if loop_on else swapped
     n_in = rt.info.inputs[0].shape[1]
     x = np.ones((1, n_in), np.float32)
-    # Timings go into arrays allocated up front, so the loop allocates nothing
-    # of its own: growing lists of millions of entries reallocates blocks of
-    # tens of MB between calls, GIL held, and the swapping thread waits on it.
     ends, took = np.zeros(MAX_CALLS, np.int64), np.zeros(MAX_CALLS, np.int64)
     calls, failed = [0], [0]
     stop = threading.Event()
 
     def caller():
-        n = 0
-        while not stop.is_set() and n < MAX_CALLS:
-            t0 = time.perf_counter_ns()
-            try:
-                rt.run(x)
-            except Exception:
-                failed[0] += 1
-            t1 = time.perf_counter_ns()
-            ends[n] = t1
-            took[n] = t1 - t0
-            n += 1
-        calls[0] = n
+        calls[0] = timed_calls(rt.run, x, stop, ends, took, failed)
 
     thread = threading.Thread(target=caller)
     thread.start()
