@@ -144,6 +144,7 @@ def _run(versions: list[str], swap_cpu: tuple[float, float], background: str) ->
     rt.close()
     if swapped is not None:
         swapped.close()
+    assert all(calls[0] < MAX_CALLS for _, _, calls in timings), f"a caller ran out of room ({MAX_CALLS} calls)"
     ends = np.concatenate([mine_ends[:calls[0]] for mine_ends, _, calls in timings])
     took = np.concatenate([mine_took[:calls[0]] for _, mine_took, calls in timings])
     starts, median = ends - took, np.median(took)
